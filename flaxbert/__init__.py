@@ -1,0 +1,43 @@
+"""flaxbert: the BERT family in pure-functional JAX/Flax.
+
+    model, params = flaxbert.from_pretrained("path/to/hf-checkpoint")
+    out = model.apply({"params": params}, **tokenizer(["hello world"], padding=True))
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from flaxbert.convert import from_pretrained, save_pretrained  # noqa: F401
+from flaxbert.models import create_model, get_config, list_models  # noqa: F401
+from flaxbert.models.base import TASKS  # noqa: F401
+
+__version__ = "0.1.0"
+
+
+def init_params(model: nn.Module, rng: int | jax.Array = 0) -> dict:
+    """Freshly initialised (unboxed) parameters for `model` on the default device."""
+    key = jax.random.key(rng) if isinstance(rng, int) else rng
+    variables = jax.jit(lambda k: model.init(k, **model.dummy_inputs()))(key)
+    return nn.meta.unbox(variables)["params"]
+
+
+def count_params(model_or_params) -> int:
+    """Number of parameters of a model (nothing allocated) or of a parameter tree.
+
+    Equal to transformers' `sum(p.numel() for p in model.parameters())` for the same config.
+    """
+    if isinstance(model_or_params, nn.Module):
+        from flaxbert.convert.hf import abstract_params
+        model_or_params = abstract_params(model_or_params)
+    return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(
+        nn.meta.unbox(model_or_params))))
+
+
+def __getattr__(name):
+    # The tokenizer pulls in `tokenizers`; load it on first use.
+    if name == "Tokenizer":
+        from flaxbert.tokenizer import Tokenizer
+        return Tokenizer
+    raise AttributeError(f"module 'flaxbert' has no attribute {name!r}")

@@ -1,0 +1,442 @@
+"""Two-way conversion between flaxbert parameters and transformers' PyTorch checkpoint directories.
+
+The mapping is declared once per family (`HFSpec.rules`: flax module path -> transformers name);
+everything else here is generic: layout changes are read off the parameter shapes
+(a Dense kernel is `weight.T`, reshaped to the (heads, head_dim) split where the flax module has
+one), so adding a family means writing its naming rules only. safetensors needs no torch;
+`pytorch_model.bin` does and says so.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from flaxbert.io import atomic_directory
+from flaxbert.layers.config import DTYPES, FLAXBERT_FIELDS, EncoderConfig
+from flaxbert.layers.encoder import stack_layers, unstack_layers
+from flaxbert.models import registry
+
+log = logging.getLogger(__name__)
+
+SAFE_WEIGHTS, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
+TORCH_WEIGHTS, TORCH_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+_LEAF_NAMES = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
+
+
+# ----------------------------------------------------------------------------- tensor files
+
+class CheckpointTensors:
+    """Read-on-demand view of a checkpoint directory's tensors as numpy arrays."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._where: dict[str, Path] = {}
+        self._torch: dict[str, Any] | None = None
+        if (directory / SAFE_INDEX).exists():
+            self._index(directory / SAFE_INDEX)
+        elif (directory / SAFE_WEIGHTS).exists():
+            self._scan(directory / SAFE_WEIGHTS)
+        elif (directory / TORCH_WEIGHTS).exists() or (directory / TORCH_INDEX).exists():
+            self._load_torch(directory)
+        else:
+            raise FileNotFoundError(
+                f"{directory} has no weights: looked for {SAFE_WEIGHTS}, {SAFE_INDEX}, "
+                f"{TORCH_WEIGHTS} and {TORCH_INDEX}")
+
+    def _index(self, index_file: Path) -> None:
+        weight_map = json.loads(index_file.read_text())["weight_map"]
+        for name in sorted(set(weight_map.values())):
+            self._scan(self.directory / name, expected=[k for k, v in weight_map.items() if v == name])
+
+    def _scan(self, file: Path, expected: list[str] | None = None) -> None:
+        if not file.exists():
+            raise FileNotFoundError(f"{file} is listed in the index but does not exist")
+        try:
+            with safe_open(file, "np") as f:
+                keys = list(f.keys())
+        except SafetensorError as e:
+            raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupt): "
+                             f"{e}") from e
+        missing = set(expected or ()) - set(keys)
+        if missing:
+            raise ValueError(f"{file} lacks tensors its index lists: {sorted(missing)[:5]}")
+        self._where.update((k, file) for k in keys)
+
+    def _load_torch(self, directory: Path) -> None:
+        try:
+            import torch
+        except ImportError:
+            raise ImportError(f"{directory} holds PyTorch .bin weights, which need torch to read "
+                              "(pip install torch); safetensors checkpoints do not") from None
+        files = ([directory / TORCH_WEIGHTS] if (directory / TORCH_WEIGHTS).exists() else
+                 [directory / n for n in sorted(set(json.loads(
+                     (directory / TORCH_INDEX).read_text())["weight_map"].values()))])
+        self._torch = {}
+        for file in files:
+            try:
+                state = torch.load(file, map_location="cpu", weights_only=True)
+            except Exception as e:  # torch raises several types for a bad file
+                raise ValueError(f"{file} is not a readable PyTorch checkpoint: {e}") from e
+            for key, t in state.items():
+                t = t.detach().contiguous()
+                if t.dtype == torch.bfloat16:
+                    self._torch[key] = t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+                else:
+                    self._torch[key] = t.numpy()
+
+    def keys(self) -> list[str]:
+        return list(self._torch) if self._torch is not None else list(self._where)
+
+    def __contains__(self, key: str) -> bool:
+        return key in (self._torch if self._torch is not None else self._where)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if self._torch is not None:
+            return tuple(self._torch[key].shape)
+        with safe_open(self._where[key], "np") as f:
+            return tuple(f.get_slice(key).get_shape())
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if self._torch is not None:
+            return self._torch[key]
+        try:
+            with safe_open(self._where[key], "np") as f:
+                return f.get_tensor(key)
+        except SafetensorError as e:
+            raise ValueError(f"cannot read {key!r} from {self._where[key]}: {e}") from e
+
+
+def parse_size(size: int | str) -> int:
+    """'5GB' -> 5e9 bytes (transformers counts decimal units); an int is bytes."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)\s*", size, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"cannot parse size {size!r}; use bytes or e.g. '500MB', '5GB'")
+    unit = m.group(2).upper()
+    scale = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
+    return int(float(m.group(1)) * scale)
+
+
+def write_safetensors(directory: Path, tensors: dict[str, np.ndarray], max_shard_size: int) -> None:
+    """One model.safetensors, or numbered shards + index when larger than max_shard_size."""
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for key, value in tensors.items():
+        if shards[-1] and size + value.nbytes > max_shard_size:
+            shards.append({})
+            size = 0
+        shards[-1][key] = np.ascontiguousarray(value)
+        size += value.nbytes
+    if len(shards) == 1:
+        save_file(shards[0], directory / SAFE_WEIGHTS, metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, directory / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    index = {"metadata": {"total_size": sum(v.nbytes for v in tensors.values())},
+             "weight_map": weight_map}
+    (directory / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- configs
+
+def read_hf_config(directory: Path) -> dict:
+    file = directory / "config.json"
+    if not file.exists():
+        raise FileNotFoundError(f"{directory} has no config.json; is it a transformers checkpoint?")
+    return json.loads(file.read_text())
+
+
+def family_for_hf_config(hf_config: dict) -> registry.Family:
+    model_type = hf_config.get("model_type")
+    for family in registry.FAMILIES.values():
+        if family.hf.model_type == model_type:
+            return family
+    known = sorted(f.hf.model_type for f in registry.FAMILIES.values())
+    raise ValueError(f"config.json describes a {model_type!r} model "
+                     f"(architectures {hf_config.get('architectures')}); flaxbert supports {known}")
+
+
+def config_from_hf(family: registry.Family, hf_config: dict, **overrides) -> EncoderConfig:
+    import dataclasses
+    for field, allowed in family.hf.config_requirements:
+        if field in hf_config and hf_config[field] not in allowed:
+            raise ValueError(f"config.json sets {field}={hf_config[field]!r}; flaxbert's "
+                             f"{family.name} supports {field} in {list(allowed)}")
+    fields = {f.name for f in dataclasses.fields(family.config_cls)} - set(FLAXBERT_FIELDS)
+    kwargs = {k: hf_config[k] for k in fields if k in hf_config and hf_config[k] is not None}
+    if "id2label" in hf_config:
+        labels = hf_config["id2label"]
+        kwargs["id2label"] = tuple(labels[str(i)] for i in range(len(labels)))
+        kwargs["num_labels"] = len(labels)
+    dtype = hf_config.get("dtype") or hf_config.get("torch_dtype")
+    if dtype in DTYPES:
+        kwargs["param_dtype"] = dtype
+    kwargs.update(overrides)
+    if "num_labels" in overrides and "id2label" not in overrides:
+        kwargs["id2label"] = None
+    return family.config_cls(**kwargs)
+
+
+def config_to_hf(family: registry.Family, config: EncoderConfig, task: str) -> dict:
+    out = {"architectures": [family.hf.architecture(task)], "model_type": family.hf.model_type}
+    out.update({k: v for k, v in config.to_dict().items() if k not in FLAXBERT_FIELDS})
+    labels = config.id2label or tuple(f"LABEL_{i}" for i in range(config.num_labels))
+    out["id2label"] = {str(i): label for i, label in enumerate(labels)}
+    out["label2id"] = {label: i for i, label in enumerate(labels)}
+    out["dtype"] = config.param_dtype
+    out["tie_word_embeddings"] = True
+    return out
+
+
+# ----------------------------------------------------------------------------- the mapping
+
+def _flatten(tree: dict, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, prefix + (key,))
+        else:
+            yield prefix + (key,), value
+
+
+def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return tree
+
+
+class _Leaf:
+    """One flax parameter and its transformers counterpart."""
+
+    def __init__(self, path, shape, hf_key, in_dims):
+        self.path, self.shape, self.hf_key, self.in_dims = path, tuple(shape), hf_key, in_dims
+
+    @property
+    def hf_shape(self) -> tuple[int, ...]:
+        if self.in_dims:  # Dense kernel (in..., out...) -> torch weight (out, in)
+            return (math.prod(self.shape[self.in_dims:]), math.prod(self.shape[:self.in_dims]))
+        if self.path[-1] == "bias":
+            return (math.prod(self.shape),)
+        return self.shape
+
+    def to_flax(self, hf: np.ndarray) -> np.ndarray:
+        return hf.T.reshape(self.shape) if self.in_dims else hf.reshape(self.shape)
+
+    def to_hf(self, value: np.ndarray) -> np.ndarray:
+        if self.in_dims:
+            return value.reshape(self.hf_shape[::-1]).T
+        return value.reshape(self.hf_shape)
+
+
+def _leaves(family: registry.Family, abstract_params: dict, base: str) -> list[_Leaf]:
+    """Map every (unrolled) flax parameter to its transformers key."""
+    flat = dict(_flatten(abstract_params))
+    leaves = []
+    for path, value in flat.items():
+        if path[-1] not in _LEAF_NAMES:
+            raise KeyError(f"no transformers leaf name for parameter {'/'.join(path)}")
+        module = family.hf.module_name("/".join(path[:-1]), base) if len(path) > 1 else ""
+        hf_key = f"{module}.{_LEAF_NAMES[path[-1]]}" if module else _LEAF_NAMES[path[-1]]
+        in_dims = 0
+        if path[-1] == "kernel":
+            bias = flat.get(path[:-1] + ("bias",))
+            in_dims = value.ndim - (bias.ndim if bias is not None else 1)
+        leaves.append(_Leaf(path, value.shape, hf_key, in_dims))
+    return leaves
+
+
+def abstract_params(model: nn.Module) -> dict:
+    """Unboxed parameter shapes of `model` (nothing is allocated)."""
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), **model.dummy_inputs()))
+    return nn.meta.unbox(variables)["params"]
+
+
+def _unrolled(model: nn.Module) -> nn.Module:
+    return model.clone(config=model.config.replace(scan_layers=False, remat_policy="none"))
+
+
+def _same_architecture(family, task_a: str, task_b: str) -> bool:
+    return family.hf.architecture(task_a) == family.hf.architecture(task_b)
+
+
+# ----------------------------------------------------------------------------- HF -> flax
+
+def _sentence_transformers_settings(directory: Path) -> dict | None:
+    """pooling / normalize_embeddings from a sentence-transformers layout, if there is one."""
+    modules_file = directory / "modules.json"
+    if not modules_file.exists():
+        return None
+    modules = json.loads(modules_file.read_text())
+    settings: dict[str, Any] = {"normalize_embeddings": False}
+    for module in modules:
+        kind = module.get("type", "").rsplit(".", 1)[-1]
+        if kind == "Pooling":
+            pooling = json.loads((directory / module["path"] / "config.json").read_text())
+            modes = [m for m, key in (("mean", "pooling_mode_mean_tokens"),
+                                      ("cls", "pooling_mode_cls_token"),
+                                      ("max", "pooling_mode_max_tokens")) if pooling.get(key)]
+            if len(modes) != 1:
+                raise ValueError(f"{directory}: sentence-transformers pooling {pooling} is not one "
+                                 "of mean / cls / max, which is what flaxbert supports")
+            settings["pooling"] = modes[0]
+        elif kind == "Normalize":
+            settings["normalize_embeddings"] = True
+    return settings
+
+
+def load_hf(path: str | os.PathLike, task: str | None = None, *, rng: int | jax.Array = 0,
+            **config_overrides):
+    """(model, params) from a transformers checkpoint directory. See `flaxbert.from_pretrained`."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory (flaxbert reads local checkpoints "
+                                "only; nothing is downloaded)")
+    hf_config = read_hf_config(directory)
+    family = family_for_hf_config(hf_config)
+    architectures = hf_config.get("architectures") or [family.hf.architecture("base")]
+    saved_task = family.hf.task_of(architectures[0])
+    if saved_task is None:
+        raise ValueError(f"config.json names architecture {architectures[0]!r}, which flaxbert's "
+                         f"{family.name} does not provide")
+    st_settings = _sentence_transformers_settings(directory)
+    if saved_task == "base" and st_settings is not None:
+        saved_task = "embedding"
+    task = task or saved_task
+    if task == "embedding" and st_settings:
+        config_overrides = {**st_settings, **config_overrides}
+    config = config_from_hf(family, hf_config, **config_overrides)
+    model = family.model(task, config)
+
+    tensors = CheckpointTensors(directory)
+    prefix = family.hf.base_prefix + "."
+    base = prefix if any(k.startswith(prefix) for k in tensors.keys()) else ""
+    leaves = _leaves(family, abstract_params(_unrolled(model)), base)
+    dtype = config.weights_dtype
+    flat, missing, used = {}, [], set()
+    for leaf in leaves:
+        if leaf.hf_key not in tensors:
+            missing.append(leaf)
+            continue
+        got = tensors.shape(leaf.hf_key)
+        if got != leaf.hf_shape:
+            raise ValueError(f"tensor {leaf.hf_key!r} in {directory} has shape {got}, "
+                             f"but {family.name} config expects {leaf.hf_shape}")
+        flat[leaf.path] = jnp.asarray(leaf.to_flax(tensors[leaf.hf_key]), dtype)
+        used.add(leaf.hf_key)
+
+    same_head = _same_architecture(family, task, saved_task)
+    backbone_missing = [l.hf_key for l in missing
+                        if l.path[0] == "backbone" and l.path[1] != "pooler"]
+    if backbone_missing or (missing and same_head):
+        raise ValueError(f"{directory} is missing tensors the model needs: "
+                         f"{[l.hf_key for l in missing][:10]}" +
+                         (f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""))
+    unused = [k for k in tensors.keys() if k not in used and not family.hf.is_ignored(k)]
+    head_like = tuple(family.hf.head_prefixes) + (base + "pooler.",)
+    unexpected = [k for k in unused if same_head or not k.startswith(head_like)]
+    if unexpected:
+        raise ValueError(f"{directory} has tensors that {family.hf.architecture(task)} does not "
+                         f"use: {unexpected[:10]}" +
+                         (f" (and {len(unexpected) - 10} more)" if len(unexpected) > 10 else ""))
+    if unused:
+        log.info("not used by the %s head (they belong to %s): %s", task, architectures[0], unused)
+    if missing:
+        log.warning("newly initialised (not in the checkpoint; train them): %s",
+                    [l.hf_key for l in missing])
+        key = jax.random.key(rng) if isinstance(rng, int) else rng
+        fresh = nn.meta.unbox(_unrolled(model).init(key, **model.dummy_inputs()))["params"]
+        fresh_flat = dict(_flatten(fresh))
+        for leaf in missing:
+            flat[leaf.path] = fresh_flat[leaf.path]
+    params = _unflatten(flat)
+    if config.scan_layers:
+        params = stack_layers(params)
+    return model, params
+
+
+# ----------------------------------------------------------------------------- flax -> HF
+
+def check_params(model: nn.Module, params: dict) -> None:
+    """Raise if `params` does not have exactly the parameters (and shapes) `model` needs."""
+    expected = dict(_flatten(abstract_params(model)))
+    got = dict(_flatten(nn.meta.unbox(params)))
+    missing = sorted("/".join(p) for p in expected.keys() - got.keys())
+    extra = sorted("/".join(p) for p in got.keys() - expected.keys())
+    if missing or extra:
+        raise ValueError(f"params do not match {type(model).__name__}: missing {missing[:10]}, "
+                         f"unexpected {extra[:10]}")
+    for path, value in got.items():
+        if tuple(np.shape(value)) != tuple(expected[path].shape):
+            raise ValueError(f"parameter {'/'.join(path)} has shape {np.shape(value)}, "
+                             f"expected {expected[path].shape}")
+
+
+def hf_state_dict(model: nn.Module, params: dict) -> dict[str, np.ndarray]:
+    """transformers' tensor names -> numpy arrays for these params."""
+    family = registry.family_of(model.config)
+    check_params(model, params)
+    params = nn.meta.unbox(params)
+    if model.config.scan_layers:
+        params = unstack_layers(params)
+    arch = family.hf.architecture(model.task)
+    base = "" if arch == family.hf.class_prefix + "Model" else family.hf.base_prefix + "."
+    flat = dict(_flatten(params))
+    out = {}
+    for leaf in _leaves(family, abstract_params(_unrolled(model)), base):
+        out[leaf.hf_key] = leaf.to_hf(np.asarray(jax.device_get(flat[leaf.path])))
+    return out
+
+
+def _write_sentence_transformers(directory: Path, config: EncoderConfig) -> None:
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling",
+                "type": "sentence_transformers.models.Pooling"}]
+    if config.normalize_embeddings:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+        (directory / "2_Normalize").mkdir()
+    (directory / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+    (directory / "1_Pooling").mkdir()
+    pooling = {"word_embedding_dimension": config.hidden_size,
+               "pooling_mode_cls_token": config.pooling == "cls",
+               "pooling_mode_mean_tokens": config.pooling == "mean",
+               "pooling_mode_max_tokens": config.pooling == "max",
+               "pooling_mode_mean_sqrt_len_tokens": False}
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
+
+
+def save_hf(path: str | os.PathLike, model: nn.Module, params: dict, *, overwrite: bool = False,
+            max_shard_size: int | str = "50GB", tokenizer=None) -> Path:
+    """Write a transformers checkpoint directory (atomically). See `flaxbert.save_pretrained`."""
+    family = registry.family_of(model.config)
+    tensors = hf_state_dict(model, params)
+    with atomic_directory(path, overwrite) as tmp:
+        config = config_to_hf(family, model.config, model.task)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_safetensors(tmp, tensors, parse_size(max_shard_size))
+        if model.task == "embedding":
+            _write_sentence_transformers(tmp, model.config)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp, overwrite=True)
+    return Path(path)

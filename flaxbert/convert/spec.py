@@ -1,0 +1,47 @@
+"""How a family's parameters are named in transformers (declared by each family file)."""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+
+@dataclasses.dataclass(frozen=True)
+class HFSpec:
+    """transformers naming for one family.
+
+    rules: (regex on a flax module path, template) pairs, first full match wins; `{base}` in a
+      template is the base-model prefix ("bert.") inside task models and "" in the bare model.
+    ignore: regexes of checkpoint keys that hold no parameter of ours (tied decoders, buffers).
+    task_classes: our task -> transformers class-name suffix ("masked-lm" -> "ForMaskedLM").
+    """
+
+    model_type: str
+    class_prefix: str
+    base_prefix: str
+    rules: tuple[tuple[str, str], ...]
+    ignore: tuple[str, ...] = ()
+    task_classes: tuple[tuple[str, str], ...] = ()
+    # Head weight prefixes (transformers names) that belong to some task head, not the backbone.
+    head_prefixes: tuple[str, ...] = ()
+    # config.json fields whose other values we do not implement: (field, allowed values).
+    config_requirements: tuple[tuple[str, tuple], ...] = ()
+
+    def module_name(self, flax_module_path: str, base: str) -> str:
+        for pattern, template in self.rules:
+            m = re.fullmatch(pattern, flax_module_path)
+            if m:
+                return m.expand(template.replace("{base}", base))
+        raise KeyError(f"no transformers name for flax module {flax_module_path!r} "
+                       f"in the {self.model_type} naming rules")
+
+    def is_ignored(self, hf_key: str) -> bool:
+        return any(re.fullmatch(p, hf_key) for p in self.ignore)
+
+    def architecture(self, task: str) -> str:
+        return self.class_prefix + dict(self.task_classes)[task]
+
+    def task_of(self, architecture: str) -> str | None:
+        for task, suffix in self.task_classes:
+            if architecture == self.class_prefix + suffix:
+                return task
+        return None

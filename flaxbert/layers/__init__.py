@@ -1,0 +1,1 @@
+"""Layers shared by every family: embeddings, attention, feed-forward, block, stack, heads."""

@@ -1,0 +1,100 @@
+"""Token + position + token-type embeddings, LayerNorm and dropout, with input validation.
+
+Validation happens here because every family's inputs pass through it. Shape, rank and dtype are
+checked at trace time. Token ids are checked eagerly when the arrays are concrete; under `jit`
+they cannot be, so an out-of-range id looks up NaN (never a plausible wrong vector).
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxbert.layers import sharding
+from flaxbert.layers.config import EncoderConfig
+from flaxbert.layers.feed_forward import dense, layer_norm
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_ids(name: str, ids, limit: int, limit_name: str) -> None:
+    """Raise if a concrete id array has values outside [0, limit)."""
+    if ids is None or not _is_concrete(ids) or np.size(ids) == 0:
+        return
+    ids = np.asarray(ids)
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= limit:
+        bad = high if high >= limit else low
+        raise ValueError(f"{name} contains {bad}, outside [0, {limit}) ({limit_name}={limit})")
+
+
+def check_tokens(cfg: EncoderConfig, input_ids, attention_mask=None, token_type_ids=None,
+                 position_ids=None, rank: int = 2) -> None:
+    """Validate a batch of token inputs of shape (batch, length) (rank 3 for multiple choice)."""
+    shape = jnp.shape(input_ids)
+    if len(shape) != rank:
+        layout = "(batch, length)" if rank == 2 else "(batch, num_choices, length)"
+        raise ValueError(f"input_ids must have rank {rank} {layout}, got shape {shape}")
+    if not jnp.issubdtype(jnp.result_type(input_ids), jnp.integer):
+        raise TypeError(f"input_ids must be integers, got dtype {jnp.result_type(input_ids)}")
+    if shape[-1] > cfg.max_position_embeddings and position_ids is None:
+        raise ValueError(f"sequence length {shape[-1]} exceeds max_position_embeddings="
+                         f"{cfg.max_position_embeddings}")
+    for name, arr in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids),
+                      ("position_ids", position_ids)):
+        if arr is not None and jnp.shape(arr) != shape:
+            raise ValueError(f"{name} has shape {jnp.shape(arr)}, input_ids has {shape}")
+        if arr is not None and not (jnp.issubdtype(jnp.result_type(arr), jnp.integer)
+                                    or jnp.result_type(arr) == jnp.bool_):
+            raise TypeError(f"{name} must be integer or bool, got dtype {jnp.result_type(arr)}")
+    check_ids("input_ids", input_ids, cfg.vocab_size, "vocab_size")
+    if token_type_ids is not None:
+        check_ids("token_type_ids", token_type_ids, max(cfg.type_vocab_size, 1), "type_vocab_size")
+    if position_ids is not None:
+        check_ids("position_ids", position_ids, cfg.max_position_embeddings,
+                  "max_position_embeddings")
+
+
+def _lookup(table: nn.Embed, ids):
+    # Negative ids would wrap around; send them past the end, where the lookup fills NaN.
+    ids = jnp.where(ids < 0, table.num_embeddings, ids)
+    return table(ids)
+
+
+class Embeddings(nn.Module):
+    """Sum of word, absolute position and (when type_vocab_size > 0) token-type embeddings.
+
+    `embedding_size` (ALBERT, ELECTRA) smaller than hidden_size adds an E -> H projection.
+    """
+
+    config: EncoderConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids=None, position_ids=None):
+        cfg = self.config
+        width = getattr(cfg, "embedding_size", None) or cfg.hidden_size
+        init = nn.initializers.normal(cfg.initializer_range)
+
+        def table(num, axes, name):
+            return nn.Embed(num, width, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
+                            embedding_init=sharding.param_init(init, axes), name=name)
+
+        x = _lookup(table(cfg.vocab_size, ("vocab", "embed"), "word_embeddings"), input_ids)
+        if position_ids is None:
+            position_ids = jnp.arange(input_ids.shape[-1])[None, :]
+        x = x + _lookup(table(cfg.max_position_embeddings, ("positions", "embed"),
+                              "position_embeddings"), position_ids)
+        if cfg.type_vocab_size > 0:
+            if token_type_ids is None:
+                token_type_ids = jnp.zeros_like(input_ids)
+            x = x + _lookup(table(cfg.type_vocab_size, ("types", "embed"),
+                                  "token_type_embeddings"), token_type_ids)
+        x = layer_norm(cfg, "norm")(x)
+        x = nn.Dropout(cfg.hidden_dropout_prob, deterministic=self.deterministic)(x)
+        if width != cfg.hidden_size:
+            x = dense(cfg, cfg.hidden_size, ("embed_proj", "embed"), "projection")(x)
+        return sharding.constrain(x, sharding.HIDDEN)

@@ -1,0 +1,116 @@
+"""Post-LN transformer block and the layer stack (unrolled, or `nn.scan` with optional remat)."""
+from __future__ import annotations
+
+import re
+
+import flax.linen as nn
+import jax
+from jax.ad_checkpoint import checkpoint_name
+import jax.numpy as jnp
+
+from flaxbert.layers import sharding
+from flaxbert.layers.attention import SelfAttention
+from flaxbert.layers.config import EncoderConfig
+from flaxbert.layers.feed_forward import FeedForward, layer_norm
+
+# Named remat policies; "none" disables rematerialisation.
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "attention_out": jax.checkpoint_policies.save_only_these_names("attention_out"),
+}
+
+
+class TransformerBlock(nn.Module):
+    """x -> LN(x + Attn(x)) -> LN(. + FFN(.)), BERT's post-LN layer.
+
+    Returns (x, (x or None, probs or None)) so that the same block serves the unrolled loop and
+    `nn.scan` (whose per-layer outputs are the second element).
+    """
+
+    config: EncoderConfig
+    deterministic: bool = True
+    output_attentions: bool = False
+    collect_hidden: bool = False
+    attention: type[nn.Module] = SelfAttention
+
+    @nn.compact
+    def __call__(self, x, mask):
+        cfg = self.config
+        attn, probs = self.attention(cfg, self.deterministic, name="attention")(
+            x, mask, output_attentions=self.output_attentions)
+        attn = checkpoint_name(attn, "attention_out")
+        attn = nn.Dropout(cfg.hidden_dropout_prob, deterministic=self.deterministic)(attn)
+        x = layer_norm(cfg, "attention_norm")(x + attn)
+        x = layer_norm(cfg, "mlp_norm")(x + FeedForward(cfg, self.deterministic, name="mlp")(x))
+        x = sharding.constrain(x, sharding.HIDDEN)
+        return x, (x if self.collect_hidden else None, probs)
+
+
+class Encoder(nn.Module):
+    """`num_hidden_layers` blocks. Unrolled blocks are named layers_0..; scanned ones share `layers`
+    with a leading `layers` axis on every parameter (see `stack_layers` / `unstack_layers`)."""
+
+    config: EncoderConfig
+    deterministic: bool = True
+    block: type[nn.Module] = TransformerBlock
+
+    @nn.compact
+    def __call__(self, x, mask, *, output_hidden_states: bool = False,
+                 output_attentions: bool = False):
+        cfg = self.config
+        block = self.block
+        if cfg.remat_policy != "none":
+            block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat_policy],
+                             prevent_cse=not cfg.scan_layers)
+        kwargs = dict(deterministic=self.deterministic, output_attentions=output_attentions,
+                      collect_hidden=output_hidden_states)
+        if cfg.scan_layers:
+            stack = nn.scan(
+                block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast,), length=cfg.num_hidden_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"})
+            x, (hidden, probs) = stack(cfg, name="layers", **kwargs)(x, mask)
+            hidden = None if hidden is None else tuple(hidden)
+            probs = None if probs is None else tuple(probs)
+        else:
+            outs = []
+            for i in range(cfg.num_hidden_layers):
+                x, out = block(cfg, name=f"layers_{i}", **kwargs)(x, mask)
+                outs.append(out)
+            hidden = tuple(o[0] for o in outs) if output_hidden_states else None
+            probs = tuple(o[1] for o in outs) if output_attentions else None
+        return x, hidden, probs
+
+
+_LAYER = re.compile(r"layers_(\d+)$")
+
+
+def unstack_layers(tree):
+    """Scanned params ({'layers': leaves with a leading L axis}) -> {'layers_0': .., 'layers_1': ..}."""
+    if not isinstance(tree, dict):
+        return tree
+    out = {}
+    for key, value in tree.items():
+        if key == "layers" and isinstance(value, dict):
+            n = jax.tree_util.tree_leaves(value)[0].shape[0]
+            for i in range(n):
+                out[f"layers_{i}"] = jax.tree_util.tree_map(lambda a, i=i: a[i], value)
+        else:
+            out[key] = unstack_layers(value)
+    return out
+
+
+def stack_layers(tree):
+    """Inverse of `unstack_layers`."""
+    if not isinstance(tree, dict):
+        return tree
+    layers = sorted((int(m.group(1)), k) for k in tree if (m := _LAYER.match(k)))
+    out = {k: stack_layers(v) for k, v in tree.items() if not _LAYER.match(k)}
+    if layers:
+        if [i for i, _ in layers] != list(range(len(layers))):
+            raise ValueError(f"layer indices are not 0..{len(layers) - 1}: {[k for _, k in layers]}")
+        out["layers"] = jax.tree_util.tree_map(
+            lambda *xs: jnp.stack(xs), *[tree[k] for _, k in layers])
+    return out

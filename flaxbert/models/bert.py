@@ -1,0 +1,89 @@
+"""BERT (Devlin et al., 2018): the reference family; everything it uses lives in flaxbert.layers.
+
+Google's released sizes (the 2020 "well-read students" miniatures included) are registered here.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from flaxbert.convert.spec import HFSpec
+from flaxbert.layers.config import EncoderConfig
+from flaxbert.models import base, registry
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig(EncoderConfig):
+    """BERT needs nothing beyond the shared encoder fields."""
+
+
+BertModel = base.EncoderModel
+BertForPreTraining = base.ForPreTraining
+BertForMaskedLM = base.ForMaskedLM
+BertForNextSentencePrediction = base.ForNextSentencePrediction
+BertForSequenceClassification = base.ForSequenceClassification
+BertForTokenClassification = base.ForTokenClassification
+BertForQuestionAnswering = base.ForQuestionAnswering
+BertForMultipleChoice = base.ForMultipleChoice
+BertForSentenceEmbedding = base.ForSentenceEmbedding
+
+_LAYER = r"backbone/encoder/layers_(\d+)"
+# The encoder-layer names BERT, RoBERTa and ELECTRA share in transformers.
+LAYER_RULES = (
+    (rf"{_LAYER}/attention/(query|key|value)", r"{base}encoder.layer.\1.attention.self.\2"),
+    (rf"{_LAYER}/attention/out", r"{base}encoder.layer.\1.attention.output.dense"),
+    (rf"{_LAYER}/attention_norm", r"{base}encoder.layer.\1.attention.output.LayerNorm"),
+    (rf"{_LAYER}/mlp/wi", r"{base}encoder.layer.\1.intermediate.dense"),
+    (rf"{_LAYER}/mlp/wo", r"{base}encoder.layer.\1.output.dense"),
+    (rf"{_LAYER}/mlp_norm", r"{base}encoder.layer.\1.output.LayerNorm"),
+    (r"backbone/embeddings/norm", r"{base}embeddings.LayerNorm"),
+    (r"backbone/embeddings/(\w+)", r"{base}embeddings.\1"),
+    (r"backbone/pooler/dense", r"{base}pooler.dense"),
+)
+# transformers' class-name suffixes for our tasks; the embedding model is saved as the bare model.
+TASK_CLASSES = (
+    ("base", "Model"), ("pretraining", "ForPreTraining"), ("masked-lm", "ForMaskedLM"),
+    ("next-sentence", "ForNextSentencePrediction"),
+    ("sequence-classification", "ForSequenceClassification"),
+    ("token-classification", "ForTokenClassification"),
+    ("question-answering", "ForQuestionAnswering"), ("multiple-choice", "ForMultipleChoice"),
+    ("embedding", "Model"),
+)
+
+HF = HFSpec(
+    model_type="bert", class_prefix="Bert", base_prefix="bert",
+    rules=LAYER_RULES + (
+        (r"mlm_head/dense", "cls.predictions.transform.dense"),
+        (r"mlm_head/norm", "cls.predictions.transform.LayerNorm"),
+        (r"mlm_head", "cls.predictions"),
+        (r"nsp_head/dense", "cls.seq_relationship"),
+        (r"classifier/dense", "classifier"),
+        (r"qa_outputs/dense", "qa_outputs"),
+    ),
+    ignore=(r"cls\.predictions\.decoder\.(weight|bias)", r"(bert\.)?embeddings\.position_ids",
+            r"(bert\.)?embeddings\.token_type_ids"),
+    task_classes=TASK_CLASSES,
+    head_prefixes=("cls.", "classifier.", "qa_outputs."),
+    config_requirements=(("position_embedding_type", ("absolute",)), ("is_decoder", (False,)),
+                         ("add_cross_attention", (False,))),
+)
+
+FAMILY = registry.register_family(registry.Family(
+    name="bert", config_cls=BertConfig, task_models=dict(base.TASK_MODELS), hf=HF))
+
+
+def _google(layers: int, hidden: int, heads: int, vocab_size: int = 30522) -> BertConfig:
+    return BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                      num_attention_heads=heads, intermediate_size=4 * hidden)
+
+
+for _name, _config in {
+    "bert-tiny": _google(2, 128, 2),
+    "bert-mini": _google(4, 256, 4),
+    "bert-small": _google(4, 512, 8),
+    "bert-medium": _google(8, 512, 8),
+    "bert-base-uncased": _google(12, 768, 12),
+    "bert-base-cased": _google(12, 768, 12, vocab_size=28996),
+    "bert-large-uncased": _google(24, 1024, 16),
+    "bert-large-cased": _google(24, 1024, 16, vocab_size=28996),
+}.items():
+    registry.register(_name, _config)
