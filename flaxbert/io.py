@@ -34,3 +34,12 @@ def atomic_directory(destination: str | os.PathLike, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def copy_files(files, directory: Path) -> None:
+    """Copy files (tokenizer files, say) into `directory`, keeping their names."""
+    for file in files:
+        file = Path(file)
+        if not file.is_file():
+            raise FileNotFoundError(f"cannot copy {file}: not a file")
+        shutil.copy2(file, Path(directory) / file.name)

@@ -28,17 +28,17 @@ def from_pretrained(path: str | os.PathLike, task: str | None = None, **config_o
 
 def save_pretrained(path: str | os.PathLike, model: nn.Module, params: dict, *,
                     format: str = "hf", overwrite: bool = False,
-                    max_shard_size: int | str = "50GB", tokenizer=None) -> Path:
+                    max_shard_size: int | str = "50GB", extra_files=()) -> Path:
     """Write `params` as a transformers directory (format="hf") or flaxbert's own (format="flax").
 
     The hf directory loads with transformers' AutoModelFor<Task>.from_pretrained with no missing or
     unexpected keys; checkpoints larger than `max_shard_size` are sharded as transformers shards
-    them. Everything is written to a temporary directory and renamed into place; an existing `path`
+    them. `extra_files` (tokenizer files, say) are copied in. Everything is written to a temporary directory and renamed into place; an existing `path`
     is refused unless overwrite=True.
     """
     if format == "hf":
         return save_hf(path, model, params, overwrite=overwrite, max_shard_size=max_shard_size,
-                       tokenizer=tokenizer)
+                       extra_files=extra_files)
     if format == "flax":
-        return save_native(path, model, params, overwrite=overwrite)
+        return save_native(path, model, params, overwrite=overwrite, extra_files=extra_files)
     raise ValueError(f"unknown format {format!r}; use 'hf' or 'flax'")

@@ -25,7 +25,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from flaxbert.io import atomic_directory
+from flaxbert.io import atomic_directory, copy_files
 from flaxbert.layers.config import DTYPES, FLAXBERT_FIELDS, EncoderConfig
 from flaxbert.layers.encoder import stack_layers, unstack_layers
 from flaxbert.models import registry
@@ -427,7 +427,7 @@ def _write_sentence_transformers(directory: Path, config: EncoderConfig) -> None
 
 
 def save_hf(path: str | os.PathLike, model: nn.Module, params: dict, *, overwrite: bool = False,
-            max_shard_size: int | str = "50GB", tokenizer=None) -> Path:
+            max_shard_size: int | str = "50GB", extra_files=()) -> Path:
     """Write a transformers checkpoint directory (atomically). See `flaxbert.save_pretrained`."""
     family = registry.family_of(model.config)
     tensors = hf_state_dict(model, params)
@@ -437,6 +437,5 @@ def save_hf(path: str | os.PathLike, model: nn.Module, params: dict, *, overwrit
         write_safetensors(tmp, tensors, parse_size(max_shard_size))
         if model.task == "embedding":
             _write_sentence_transformers(tmp, model.config)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp, overwrite=True)
+        copy_files(extra_files, tmp)
     return Path(path)

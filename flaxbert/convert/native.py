@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import orbax.checkpoint as ocp
 
-from flaxbert.io import atomic_directory
+from flaxbert.io import atomic_directory, copy_files
 from flaxbert.models import registry
 
 META = "flaxbert.json"
@@ -20,7 +20,7 @@ def is_native(path: str | os.PathLike) -> bool:
 
 
 def save_native(path: str | os.PathLike, model: nn.Module, params: dict, *,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, extra_files=()) -> Path:
     from flaxbert.convert.hf import check_params
     check_params(model, params)
     family = registry.family_of(model.config)
@@ -30,6 +30,7 @@ def save_native(path: str | os.PathLike, model: nn.Module, params: dict, *,
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(tmp / "params", nn.meta.unbox(params))
         checkpointer.wait_until_finished()
+        copy_files(extra_files, tmp)
     return Path(path)
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from flaxbert.cli import main
+
+sys.exit(main())

