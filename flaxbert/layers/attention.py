@@ -105,15 +105,23 @@ class SelfAttention(nn.Module):
     def __call__(self, x, mask, *, output_attentions: bool = False, bias=None):
         cfg = self.config
         init = nn.initializers.normal(cfg.initializer_range)
-        dense = functools.partial(
-            nn.DenseGeneral, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype)
-        to_heads = functools.partial(
-            dense, features=(cfg.num_attention_heads, cfg.head_dim), axis=-1,
-            kernel_init=sharding.param_init(init, ("embed", "heads", "kv")),
-            bias_init=sharding.param_init(nn.initializers.zeros, ("heads", "kv")))
-        query = sharding.constrain(to_heads(name="query")(x), sharding.HEADS)
-        key = sharding.constrain(to_heads(name="key")(x), sharding.HEADS)
-        value = sharding.constrain(to_heads(name="value")(x), sharding.HEADS)
+        heads, head_dim, width = cfg.num_attention_heads, cfg.head_dim, cfg.hidden_size
+
+        def projection(name, shape, equation, kernel_axes, bias_axes):
+            # nn.Einsum initialises the kernel at its full (heads, head_dim) shape, so its logical
+            # axes hold at init under a mesh (DenseGeneral initialises a flattened 2-D kernel).
+            return nn.Einsum(shape, equation, dtype=cfg.compute_dtype,
+                             param_dtype=cfg.weights_dtype, name=name,
+                             kernel_init=sharding.param_init(init, kernel_axes),
+                             bias_init=sharding.param_init(nn.initializers.zeros, bias_axes))
+
+        def to_heads(name):
+            return projection(name, (width, heads, head_dim), "bse,enh->bsnh",
+                              ("embed", "heads", "kv"), ("heads", "kv"))
+
+        query = sharding.constrain(to_heads("query")(x), sharding.HEADS)
+        key = sharding.constrain(to_heads("key")(x), sharding.HEADS)
+        value = sharding.constrain(to_heads("value")(x), sharding.HEADS)
 
         rate = cfg.attention_probs_dropout_prob
         rng = None if self.deterministic or rate == 0.0 else self.make_rng("dropout")
@@ -123,7 +131,6 @@ class SelfAttention(nn.Module):
             query, key, value, mask=mask, bias=bias, impl=impl, dropout_rate=rate,
             dropout_rng=rng, return_probs=output_attentions)
         context = sharding.constrain(context, sharding.HEADS)
-        out = dense(features=cfg.hidden_size, axis=(-2, -1), name="out",
-                    kernel_init=sharding.param_init(init, ("heads", "kv", "embed")),
-                    bias_init=sharding.param_init(nn.initializers.zeros, ("embed",)))(context)
+        out = projection("out", (heads, head_dim, width), "bsnh,nhe->bse",
+                         ("heads", "kv", "embed"), ("embed",))(context)
         return sharding.constrain(out, sharding.HIDDEN), probs

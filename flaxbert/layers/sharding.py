@@ -90,6 +90,6 @@ def sharded_init(init_fn, mesh: Mesh, rules=LOGICAL_AXIS_RULES, *args):
     """
     abstract = jax.eval_shape(init_fn, *args)
     shardings = logical_shardings(abstract, mesh, rules)
-    with mesh, nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         boxed = jax.jit(init_fn, out_shardings=shardings)(*args)
     return nn.meta.unbox(boxed)
