@@ -198,3 +198,20 @@ def test_dropout_only_when_not_deterministic(saved_hf):
                     rngs={"dropout": jax.random.key(2)})
     assert not np.allclose(np.asarray(a), np.asarray(c.last_hidden_state))
     assert not np.allclose(np.asarray(c.last_hidden_state), np.asarray(d.last_hidden_state))
+
+
+def test_flax_checkpoint_round_trip_and_reload_with_other_settings(saved_hf, tmp_path):
+    path, hf_model = saved_hf["pretraining"]
+    model, params = flaxbert.from_pretrained(path, scan_layers=True)
+    flaxbert.save_pretrained(tmp_path / "flax", model, params, format="flax")
+    same, same_params = flaxbert.from_pretrained(tmp_path / "flax")
+    assert same.config == model.config and same.task == "pretraining"
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(same_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Another head and an unrolled stack: backbone carried over exactly, new head initialised.
+    cls, cls_params = flaxbert.from_pretrained(tmp_path / "flax", task="sequence-classification",
+                                               scan_layers=False, num_labels=4)
+    assert cls_params["classifier"]["dense"]["kernel"].shape == (32, 4)
+    np.testing.assert_array_equal(
+        np.asarray(cls_params["backbone"]["encoder"]["layers_1"]["mlp"]["wo"]["kernel"]),
+        np.asarray(params["backbone"]["encoder"]["layers"]["mlp"]["wo"]["kernel"][1]))

@@ -189,10 +189,7 @@ def config_from_hf(family: registry.Family, hf_config: dict, **overrides) -> Enc
     dtype = hf_config.get("dtype") or hf_config.get("torch_dtype")
     if dtype in DTYPES:
         kwargs["param_dtype"] = dtype
-    kwargs.update(overrides)
-    if "num_labels" in overrides and "id2label" not in overrides:
-        kwargs["id2label"] = None
-    return family.config_cls(**kwargs)
+    return family.config_cls(**kwargs).replace(**overrides)
 
 
 def config_to_hf(family: registry.Family, config: EncoderConfig, task: str) -> dict:
@@ -325,54 +322,68 @@ def load_hf(path: str | os.PathLike, task: str | None = None, *, rng: int | jax.
     task = task or saved_task
     if task == "embedding" and st_settings:
         config_overrides = {**st_settings, **config_overrides}
-    config = config_from_hf(family, hf_config, **config_overrides)
-    model = family.model(task, config)
+    model = family.model(task, config_from_hf(family, hf_config, **config_overrides))
+    return model, params_from_tensors(model, CheckpointTensors(directory), saved_task,
+                                      str(directory), rng)
 
-    tensors = CheckpointTensors(directory)
+
+class InMemoryTensors(dict):
+    """A dict of numpy arrays with CheckpointTensors' interface."""
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(np.shape(self[key]))
+
+
+def params_from_tensors(model: nn.Module, tensors, saved_task: str, source: str,
+                        rng: int | jax.Array = 0) -> dict:
+    """Build `model`'s params from transformers-named tensors saved by a `saved_task` model.
+
+    Rules: the backbone must be complete. With the saved head, every tensor must be used and none
+    may be missing. With another head, tensors of other heads are dropped (logged) and the new
+    head (and a pooler the checkpoint lacks) is initialised from `rng` (warned).
+    """
+    family, config, task = registry.family_of(model.config), model.config, model.task
     prefix = family.hf.base_prefix + "."
     base = prefix if any(k.startswith(prefix) for k in tensors.keys()) else ""
-    leaves = _leaves(family, abstract_params(_unrolled(model)), base)
-    dtype = config.weights_dtype
     flat, missing, used = {}, [], set()
-    for leaf in leaves:
+    for leaf in _leaves(family, abstract_params(_unrolled(model)), base):
         if leaf.hf_key not in tensors:
             missing.append(leaf)
             continue
         got = tensors.shape(leaf.hf_key)
         if got != leaf.hf_shape:
-            raise ValueError(f"tensor {leaf.hf_key!r} in {directory} has shape {got}, "
+            raise ValueError(f"tensor {leaf.hf_key!r} in {source} has shape {got}, "
                              f"but {family.name} config expects {leaf.hf_shape}")
-        flat[leaf.path] = jnp.asarray(leaf.to_flax(tensors[leaf.hf_key]), dtype)
+        flat[leaf.path] = jnp.asarray(leaf.to_flax(tensors[leaf.hf_key]), config.weights_dtype)
         used.add(leaf.hf_key)
 
+    def listing(keys):
+        return f"{keys[:10]}" + (f" (and {len(keys) - 10} more)" if len(keys) > 10 else "")
+
     same_head = _same_architecture(family, task, saved_task)
-    backbone_missing = [l.hf_key for l in missing
-                        if l.path[0] == "backbone" and l.path[1] != "pooler"]
+    backbone_missing = [l for l in missing if l.path[0] == "backbone" and l.path[1] != "pooler"]
     if backbone_missing or (missing and same_head):
-        raise ValueError(f"{directory} is missing tensors the model needs: "
-                         f"{[l.hf_key for l in missing][:10]}" +
-                         (f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""))
+        raise ValueError(f"{source} is missing tensors the model needs: "
+                         f"{listing([l.hf_key for l in missing])}")
     unused = [k for k in tensors.keys() if k not in used and not family.hf.is_ignored(k)]
     head_like = tuple(family.hf.head_prefixes) + (base + "pooler.",)
     unexpected = [k for k in unused if same_head or not k.startswith(head_like)]
     if unexpected:
-        raise ValueError(f"{directory} has tensors that {family.hf.architecture(task)} does not "
-                         f"use: {unexpected[:10]}" +
-                         (f" (and {len(unexpected) - 10} more)" if len(unexpected) > 10 else ""))
+        raise ValueError(f"{source} has tensors that {family.hf.architecture(task)} does not "
+                         f"use: {listing(unexpected)}")
     if unused:
-        log.info("not used by the %s head (they belong to %s): %s", task, architectures[0], unused)
+        log.info("not used by the %s head (saved by a %s model): %s", task, saved_task, unused)
     if missing:
         log.warning("newly initialised (not in the checkpoint; train them): %s",
                     [l.hf_key for l in missing])
         key = jax.random.key(rng) if isinstance(rng, int) else rng
-        fresh = nn.meta.unbox(_unrolled(model).init(key, **model.dummy_inputs()))["params"]
-        fresh_flat = dict(_flatten(fresh))
+        unrolled = _unrolled(model)
+        fresh = jax.jit(lambda k: unrolled.init(k, **unrolled.dummy_inputs()))(key)
+        fresh_flat = dict(_flatten(nn.meta.unbox(fresh)["params"]))
         for leaf in missing:
             flat[leaf.path] = fresh_flat[leaf.path]
     params = _unflatten(flat)
-    if config.scan_layers:
-        params = stack_layers(params)
-    return model, params
+    return stack_layers(params) if config.scan_layers else params
 
 
 # ----------------------------------------------------------------------------- flax -> HF

@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import orbax.checkpoint as ocp
 
+from flaxbert.convert.hf import (InMemoryTensors, abstract_params, check_params, hf_state_dict,
+                                 params_from_tensors)
 from flaxbert.io import atomic_directory, copy_files
 from flaxbert.models import registry
 
@@ -21,7 +23,6 @@ def is_native(path: str | os.PathLike) -> bool:
 
 def save_native(path: str | os.PathLike, model: nn.Module, params: dict, *,
                 overwrite: bool = False, extra_files=()) -> Path:
-    from flaxbert.convert.hf import check_params
     check_params(model, params)
     family = registry.family_of(model.config)
     with atomic_directory(path, overwrite) as tmp:
@@ -42,15 +43,12 @@ def load_native(path: str | os.PathLike, task: str | None = None, **config_overr
     if fields.get("id2label") is not None:
         fields["id2label"] = tuple(fields["id2label"])
     saved = family.model(meta["task"], family.config_cls(**fields))
-    from flaxbert.convert.hf import abstract_params
     params = ocp.StandardCheckpointer().restore(
         directory / "params", jax.tree_util.tree_map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), abstract_params(saved)))
     if (task is None or task == meta["task"]) and not config_overrides:
         return saved, params
-    # Another head or other run-time settings: go through the same rules as a transformers load.
-    from flaxbert.convert.hf import load_hf, save_hf
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        save_hf(Path(tmp) / "hf", saved, params)
-        return load_hf(Path(tmp) / "hf", task, **config_overrides)
+    # Another head or other settings: the same rules as loading a transformers checkpoint.
+    model = family.model(task or meta["task"], saved.config.replace(**config_overrides))
+    tensors = InMemoryTensors(hf_state_dict(saved, params))
+    return model, params_from_tensors(model, tensors, meta["task"], str(directory))

@@ -95,6 +95,8 @@ class EncoderConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"{type(self).__name__} has no field(s) {sorted(unknown)}")
+        if "num_labels" in changes and "id2label" not in changes:
+            changes["id2label"] = None  # the old label names no longer apply
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
