@@ -4,10 +4,20 @@
 pipeline from a bare vocab.txt; calling it returns `input_ids`, `token_type_ids` and
 `attention_mask` that match `transformers.AutoTokenizer` id for id. `save_pretrained`
 writes a directory that transformers loads back to the same ids.
+
+Besides WordPiece it rebuilds, from the same files transformers reads, the pipelines of
+transformers' RobertaTokenizer (byte-level BPE: vocab.json + merges.txt) and of the
+SentencePiece Unigram tokenizers of ALBERT, DeBERTa-v2/v3 and XLNet (spiece.model /
+spm.model). Those are assembled from `tokenizers` components exactly as transformers 5
+assembles them (it never calls the sentencepiece library to encode, and its pipeline
+differs from sentencepiece's in places), so the ids agree with transformers rather than
+with `sentencepiece.SentencePieceProcessor`.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import itertools
 import json
 import os
@@ -18,12 +28,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import tokenizers
-from tokenizers import decoders, normalizers, pre_tokenizers, processors
-from tokenizers.models import WordPiece
+from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import BPE, Unigram, WordPiece
 
 _BERT_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
                   "cls_token": "[CLS]", "mask_token": "[MASK]"}
-_ROLES = tuple(_BERT_SPECIALS)
+_ROLES = tuple(_BERT_SPECIALS) + ("bos_token", "eos_token")
+# transformers' SPECIAL_TOKENS_ATTRIBUTES order: tokens missing from the vocabulary get
+# new ids in this order, so it is part of the id mapping.
+_ROLE_ORDER = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
+               "mask_token")
 _TRUNCATIONS = {True: "longest_first", "longest_first": "longest_first",
                 "only_first": "only_first", "only_second": "only_second"}
 _PADDINGS = {True: "longest", "longest": "longest", "max_length": "max_length"}

@@ -76,6 +76,16 @@ class EncoderConfig:
             need(getattr(self, name) > 0, f"{name}={getattr(self, name)} must be > 0")
 
     @property
+    def embedding_width(self) -> int:
+        """Width of the token embeddings (ALBERT/ELECTRA configs add `embedding_size`)."""
+        return getattr(self, "embedding_size", None) or self.hidden_size
+
+    @property
+    def max_sequence_length(self) -> int:
+        """Longest input the position table allows (RoBERTa-style offsets lower it)."""
+        return self.max_position_embeddings
+
+    @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from flaxbert.layers import sharding
 from flaxbert.layers.config import EncoderConfig
-from flaxbert.layers.feed_forward import dense, layer_norm
+from flaxbert.layers.feed_forward import layer_norm
 
 
 def _is_concrete(x) -> bool:
@@ -40,9 +40,10 @@ def check_tokens(cfg: EncoderConfig, input_ids, attention_mask=None, token_type_
         raise ValueError(f"input_ids must have rank {rank} {layout}, got shape {shape}")
     if not jnp.issubdtype(jnp.result_type(input_ids), jnp.integer):
         raise TypeError(f"input_ids must be integers, got dtype {jnp.result_type(input_ids)}")
-    if shape[-1] > cfg.max_position_embeddings and position_ids is None:
-        raise ValueError(f"sequence length {shape[-1]} exceeds max_position_embeddings="
-                         f"{cfg.max_position_embeddings}")
+    if shape[-1] > cfg.max_sequence_length and position_ids is None:
+        raise ValueError(f"sequence length {shape[-1]} exceeds the {cfg.max_sequence_length} "
+                         f"positions this model has (max_position_embeddings="
+                         f"{cfg.max_position_embeddings})")
     for name, arr in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids),
                       ("position_ids", position_ids)):
         if arr is not None and jnp.shape(arr) != shape:
@@ -65,10 +66,8 @@ def _lookup(table: nn.Embed, ids):
 
 
 class Embeddings(nn.Module):
-    """Sum of word, absolute position and (when type_vocab_size > 0) token-type embeddings.
-
-    `embedding_size` (ALBERT, ELECTRA) smaller than hidden_size adds an E -> H projection.
-    """
+    """Sum of word, absolute position and (when type_vocab_size > 0) token-type embeddings, at
+    `config.embedding_width` (ALBERT and ELECTRA embed narrower than hidden_size)."""
 
     config: EncoderConfig
     deterministic: bool = True
@@ -76,7 +75,7 @@ class Embeddings(nn.Module):
     @nn.compact
     def __call__(self, input_ids, token_type_ids=None, position_ids=None):
         cfg = self.config
-        width = getattr(cfg, "embedding_size", None) or cfg.hidden_size
+        width = cfg.embedding_width
         init = nn.initializers.normal(cfg.initializer_range)
 
         def table(num, axes, name):
@@ -95,6 +94,7 @@ class Embeddings(nn.Module):
                                   "token_type_embeddings"), token_type_ids)
         x = layer_norm(cfg, "norm")(x)
         x = nn.Dropout(cfg.hidden_dropout_prob, deterministic=self.deterministic)(x)
-        if width != cfg.hidden_size:
-            x = dense(cfg, cfg.hidden_size, ("embed_proj", "embed"), "projection")(x)
         return sharding.constrain(x, sharding.HIDDEN)
+
+    def word_embedding_table(self):
+        return nn.meta.unbox(self.variables["params"]["word_embeddings"]["embedding"])

@@ -38,13 +38,15 @@ class MaskedLMHead(nn.Module):
     """
 
     config: EncoderConfig
+    activation: str | None = None  # None: config.hidden_act (RoBERTa and ELECTRA fix "gelu")
 
     @nn.compact
     def __call__(self, hidden, embedding_table):
         cfg = self.config
         width = embedding_table.shape[-1]
         x = dense(cfg, width, ("embed", "embed_proj"), "dense")(hidden)
-        x = layer_norm(cfg, "norm", axis_name="embed_proj")(activation(cfg.hidden_act)(x))
+        x = activation(self.activation or cfg.hidden_act)(x)
+        x = layer_norm(cfg, "norm", axis_name="embed_proj")(x)
         bias = self.param("bias", sharding.param_init(nn.initializers.zeros, ("vocab",)),
                           (cfg.vocab_size,), cfg.weights_dtype)
         logits = jnp.einsum("...e,ve->...v", x, embedding_table.astype(cfg.compute_dtype))
@@ -53,19 +55,98 @@ class MaskedLMHead(nn.Module):
 
 
 class Classifier(nn.Module):
-    """dropout -> Dense(num_outputs): on the pooled output (sequence-level) or every token."""
+    """Optional dropout -> Dense(num_outputs). `rate=None` means no dropout layer."""
 
     config: EncoderConfig
     num_outputs: int
     deterministic: bool = True
-    dropout: bool = True
+    rate: float | None = None
 
     @nn.compact
     def __call__(self, x):
+        if self.rate:
+            x = nn.Dropout(self.rate, deterministic=self.deterministic)(x)
+        return dense(self.config, self.num_outputs, ("embed", "classes"), "dense")(x)
+
+
+# Sequence-level heads take the backbone's whole output and return logits, so each family can say
+# which vector it classifies (pooled [CLS], raw first token, a summary) without the task changing.
+
+class PooledClassifier(nn.Module):
+    """BERT / ALBERT: dropout -> Dense on the pooler output."""
+
+    config: EncoderConfig
+    num_outputs: int
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, out):
         cfg = self.config
-        if self.dropout:
-            x = nn.Dropout(cfg.classifier_dropout_prob, deterministic=self.deterministic)(x)
+        x = nn.Dropout(cfg.classifier_dropout_prob, deterministic=self.deterministic)(out.pooler_output)
         return dense(cfg, self.num_outputs, ("embed", "classes"), "dense")(x)
+
+
+class FirstTokenClassifier(nn.Module):
+    """RoBERTa (tanh) / ELECTRA (gelu): dropout -> dense -> act -> dropout -> out_proj on token 0."""
+
+    config: EncoderConfig
+    num_outputs: int
+    deterministic: bool = True
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, out):
+        cfg = self.config
+        drop = nn.Dropout(cfg.classifier_dropout_prob, deterministic=self.deterministic)
+        x = drop(out.last_hidden_state[:, 0])
+        x = activation(self.activation)(dense(cfg, cfg.hidden_size, ("embed", "embed_proj"), "dense")(x))
+        return dense(cfg, self.num_outputs, ("embed", "classes"), "out_proj")(drop(x))
+
+
+class SequenceSummary(nn.Module):
+    """ELECTRA (multiple choice) / XLNet: pick a token (first / last / mean), then optional
+    dropout -> projection -> activation -> dropout, as transformers' SequenceSummary does.
+    Reads config.summary_type, summary_use_proj, summary_proj_to_labels, summary_activation,
+    summary_first_dropout, summary_last_dropout."""
+
+    config: EncoderConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, hidden):
+        cfg = self.config
+        kind = cfg.summary_type
+        if kind == "first":
+            x = hidden[:, 0]
+        elif kind == "last":
+            x = hidden[:, -1]
+        elif kind == "mean":
+            x = hidden.mean(1)
+        else:
+            raise ValueError(f"summary_type={kind!r} is not supported; use first, last or mean")
+        if cfg.summary_first_dropout:
+            x = nn.Dropout(cfg.summary_first_dropout, deterministic=self.deterministic)(x)
+        if cfg.summary_use_proj:
+            width = (cfg.num_labels if cfg.summary_proj_to_labels and cfg.num_labels > 0
+                     else cfg.hidden_size)
+            x = dense(cfg, width, ("embed", "embed_proj"), "summary")(x)
+        if cfg.summary_activation:
+            x = activation(cfg.summary_activation)(x)
+        if cfg.summary_last_dropout:
+            x = nn.Dropout(cfg.summary_last_dropout, deterministic=self.deterministic)(x)
+        return x
+
+
+class DiscriminatorHead(nn.Module):
+    """ELECTRA / DeBERTa-v3 replaced-token detection: dense -> act -> dense(1), one logit a token."""
+
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(self, hidden):
+        cfg = self.config
+        x = activation(cfg.hidden_act)(dense(cfg, cfg.hidden_size, ("embed", "embed_proj"), "dense")(hidden))
+        return dense(cfg, 1, ("embed", "classes"), "dense_prediction")(x)[..., 0]
 
 
 def pool(hidden, attention_mask, mode: str):

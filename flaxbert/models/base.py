@@ -1,8 +1,9 @@
 """Task models shared by every family: a backbone plus one head.
 
-A family supplies its backbone (and, where a head differs in structure, its own head module); the
-task wrappers here are the same for all. Parameter names inside are family-neutral (`backbone`,
-`mlm_head`, `classifier`, ...); `flaxbert.convert` maps them to each family's transformers names.
+A family supplies its backbone (and, where a head differs in structure, its own head module) via
+`specialise`; the task wrappers here are the same for all. Parameter names inside are
+family-neutral (`backbone`, `mlm_head`, `classifier`, ...); `flaxbert.convert` maps them to each
+family's transformers names.
 
 Every task model is called as
     model.apply({"params": params}, input_ids, attention_mask, token_type_ids, position_ids,
@@ -12,7 +13,7 @@ and returns an `Output` with transformers' names. Dropout runs only with determi
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -20,16 +21,23 @@ import jax.numpy as jnp
 from flaxbert.layers.config import EncoderConfig
 from flaxbert.layers.embeddings import Embeddings, check_tokens
 from flaxbert.layers.encoder import Encoder
-from flaxbert.layers.heads import Classifier, MaskedLMHead, Pooler, gather_positions, l2_normalize, pool
+from flaxbert.layers.feed_forward import dense
+from flaxbert.layers.heads import (Classifier, MaskedLMHead, PooledClassifier, Pooler,
+                                   gather_positions, l2_normalize, pool)
 from flaxbert.models.outputs import Output
 
 
 class Backbone(nn.Module):
-    """Embeddings -> encoder stack -> optional pooler. Families override the class attributes."""
+    """Embeddings -> (E -> H projection) -> encoder stack -> optional pooler.
+
+    Families override the class attributes. `shared_embeddings` lets two backbones use one
+    embedding module (ELECTRA's generator and discriminator).
+    """
 
     config: EncoderConfig
     deterministic: bool = True
     add_pooling_layer: bool = True
+    shared_embeddings: nn.Module | None = None
 
     embeddings_cls: ClassVar[type[nn.Module]] = Embeddings
     encoder_cls: ClassVar[type[nn.Module]] = Encoder
@@ -46,10 +54,13 @@ class Backbone(nn.Module):
         check_tokens(cfg, input_ids, attention_mask, token_type_ids, position_ids)
         if position_ids is None:
             position_ids = self.default_position_ids(input_ids)
-        embedded = self.embeddings_cls(cfg, self.deterministic, name="embeddings")(
-            input_ids, token_type_ids, position_ids)
+        embeddings = self.embedding_module()
+        x = embeddings(input_ids, token_type_ids, position_ids)
+        if x.shape[-1] != cfg.hidden_size:  # ALBERT, ELECTRA: narrow embeddings
+            x = dense(cfg, cfg.hidden_size, ("embed_proj", "embed"), "embeddings_project")(x)
+        embedded = x
         x, hidden, probs = self.encoder_cls(cfg, self.deterministic, name="encoder")(
-            embedded, attention_mask, output_hidden_states=output_hidden_states,
+            x, attention_mask, output_hidden_states=output_hidden_states,
             output_attentions=output_attentions)
         return Output(
             last_hidden_state=x,
@@ -57,7 +68,14 @@ class Backbone(nn.Module):
             hidden_states=None if hidden is None else (embedded,) + hidden,
             attentions=probs)
 
+    def embedding_module(self) -> nn.Module:
+        if self.shared_embeddings is not None:
+            return self.shared_embeddings
+        return self.embeddings_cls(self.config, self.deterministic, name="embeddings")
+
     def word_embedding_table(self):
+        if self.shared_embeddings is not None:
+            return self.shared_embeddings.word_embedding_table()
         return nn.meta.unbox(self.variables["params"]["embeddings"]["word_embeddings"]["embedding"])
 
 
@@ -72,9 +90,9 @@ class TaskModel(nn.Module):
     input_rank: ClassVar[int] = 2
 
     def encode(self, input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-               output_hidden_states, output_attentions) -> tuple[Backbone, Output]:
-        backbone = self.backbone_cls(self.config, deterministic,
-                                     add_pooling_layer=self.uses_pooler, name="backbone")
+               output_hidden_states, output_attentions, **backbone_fields) -> tuple[Backbone, Output]:
+        backbone = self.backbone_cls(self.config, deterministic, add_pooling_layer=self.uses_pooler,
+                                     name="backbone", **backbone_fields)
         out = backbone(input_ids, attention_mask, token_type_ids, position_ids,
                        output_hidden_states=output_hidden_states,
                        output_attentions=output_attentions)
@@ -107,7 +125,13 @@ class ForMaskedLM(TaskModel):
 
     task: ClassVar[str] = "masked-lm"
     uses_pooler: ClassVar[bool] = False
-    mlm_head_cls: ClassVar[type[nn.Module]] = MaskedLMHead
+    mlm_head_cls: ClassVar[Any] = MaskedLMHead
+
+    def mlm_logits(self, backbone, hidden, masked_positions):
+        if masked_positions is not None:
+            hidden = gather_positions(hidden, masked_positions)
+        return self.mlm_head_cls(self.config, name="mlm_head")(hidden,
+                                                               backbone.word_embedding_table())
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
@@ -115,18 +139,18 @@ class ForMaskedLM(TaskModel):
                  output_attentions=False):
         backbone, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
                                     deterministic, output_hidden_states, output_attentions)
-        x = out.last_hidden_state
-        if masked_positions is not None:
-            x = gather_positions(x, masked_positions)
-        logits = self.mlm_head_cls(self.config, name="mlm_head")(x, backbone.word_embedding_table())
+        logits = self.mlm_logits(backbone, out.last_hidden_state, masked_positions)
         return Output(logits=logits, **_trunk(out))
 
 
 class ForPreTraining(ForMaskedLM):
-    """MLM + next-sentence (BERT) or sentence-order (ALBERT) logits from the pooled output."""
+    """MLM + a sentence-pair head on the pooled output: next-sentence (BERT), sentence order (ALBERT)."""
 
     task: ClassVar[str] = "pretraining"
     uses_pooler: ClassVar[bool] = True
+
+    def pair_logits(self, pooled, deterministic):
+        return Classifier(self.config, 2, name="nsp_head")(pooled)
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
@@ -134,15 +158,13 @@ class ForPreTraining(ForMaskedLM):
                  output_attentions=False):
         backbone, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
                                     deterministic, output_hidden_states, output_attentions)
-        x = out.last_hidden_state
-        if masked_positions is not None:
-            x = gather_positions(x, masked_positions)
-        logits = self.mlm_head_cls(self.config, name="mlm_head")(x, backbone.word_embedding_table())
-        pair = Classifier(self.config, 2, dropout=False, name="nsp_head")(out.pooler_output)
-        return Output(prediction_logits=logits, seq_relationship_logits=pair, **_trunk(out))
+        return Output(prediction_logits=self.mlm_logits(backbone, out.last_hidden_state,
+                                                         masked_positions),
+                      seq_relationship_logits=self.pair_logits(out.pooler_output, deterministic),
+                      **_trunk(out))
 
 
-class ForNextSentencePrediction(TaskModel):
+class ForNextSentencePrediction(ForPreTraining):
     task: ClassVar[str] = "next-sentence"
 
     @nn.compact
@@ -150,22 +172,22 @@ class ForNextSentencePrediction(TaskModel):
                  deterministic=True, output_hidden_states=False, output_attentions=False):
         _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
                              deterministic, output_hidden_states, output_attentions)
-        logits = Classifier(self.config, 2, dropout=False, name="nsp_head")(out.pooler_output)
-        return Output(logits=logits, **_trunk(out))
+        return Output(logits=self.pair_logits(out.pooler_output, deterministic), **_trunk(out))
 
 
 class ForSequenceClassification(TaskModel):
-    """num_labels logits from the pooled output; num_labels=1 is regression."""
+    """num_labels logits for the sequence; num_labels=1 is regression."""
 
     task: ClassVar[str] = "sequence-classification"
+    head_cls: ClassVar[Any] = PooledClassifier
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
                  deterministic=True, output_hidden_states=False, output_attentions=False):
         _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
                              deterministic, output_hidden_states, output_attentions)
-        logits = Classifier(self.config, self.config.num_labels, deterministic,
-                            name="classifier")(out.pooler_output)
+        logits = self.head_cls(self.config, self.config.num_labels, deterministic,
+                               name="classifier")(out)
         return Output(logits=logits, **_trunk(out))
 
 
@@ -178,7 +200,8 @@ class ForTokenClassification(TaskModel):
                  deterministic=True, output_hidden_states=False, output_attentions=False):
         _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
                              deterministic, output_hidden_states, output_attentions)
-        logits = Classifier(self.config, self.config.num_labels, deterministic,
+        cfg = self.config
+        logits = Classifier(cfg, cfg.num_labels, deterministic, cfg.classifier_dropout_prob,
                             name="classifier")(out.last_hidden_state)
         return Output(logits=logits, **_trunk(out))
 
@@ -194,7 +217,9 @@ class ForQuestionAnswering(TaskModel):
                  deterministic=True, output_hidden_states=False, output_attentions=False):
         _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
                              deterministic, output_hidden_states, output_attentions)
-        logits = Classifier(self.config, 2, dropout=False, name="qa_outputs")(out.last_hidden_state)
+        rate = getattr(self.config, "qa_dropout", None)  # DistilBERT drops out before the span head
+        logits = Classifier(self.config, 2, deterministic, rate,
+                            name="qa_outputs")(out.last_hidden_state)
         return Output(start_logits=logits[..., 0], end_logits=logits[..., 1], **_trunk(out))
 
 
@@ -203,6 +228,7 @@ class ForMultipleChoice(TaskModel):
 
     task: ClassVar[str] = "multiple-choice"
     input_rank: ClassVar[int] = 3
+    head_cls: ClassVar[Any] = PooledClassifier
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
@@ -216,7 +242,7 @@ class ForMultipleChoice(TaskModel):
         _, out = self.encode(flat(input_ids), flat(attention_mask), flat(token_type_ids),
                              flat(position_ids), deterministic, output_hidden_states,
                              output_attentions)
-        logits = Classifier(self.config, 1, deterministic, name="classifier")(out.pooler_output)
+        logits = self.head_cls(self.config, 1, deterministic, name="classifier")(out)
         return Output(logits=logits.reshape(batch, choices), **_trunk(out))
 
 
@@ -224,8 +250,6 @@ class ForSentenceEmbedding(TaskModel):
     """Sentence embeddings: `config.pooling` over the tokens, L2-normalised if configured."""
 
     task: ClassVar[str] = "embedding"
-    # The pooler is unused, but kept so the weights round-trip with transformers' bare model.
-    uses_pooler: ClassVar[bool] = True
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
@@ -239,9 +263,33 @@ class ForSentenceEmbedding(TaskModel):
         return Output(embeddings=emb, last_hidden_state=out.last_hidden_state, **_trunk(out))
 
 
-TASK_MODELS: dict[str, type[TaskModel]] = {
+GENERIC_TASKS: dict[str, type[TaskModel]] = {
     cls.task: cls for cls in (EncoderModel, ForPreTraining, ForMaskedLM, ForNextSentencePrediction,
                               ForSequenceClassification, ForTokenClassification,
                               ForQuestionAnswering, ForMultipleChoice, ForSentenceEmbedding)
 }
-TASKS = tuple(TASK_MODELS)
+TASKS = tuple(GENERIC_TASKS)
+
+
+def specialise(prefix: str, module: str, backbone_cls: type[Backbone] = Backbone,
+               overrides: dict[str, dict[str, Any]] | None = None,
+               replace: dict[str, type[TaskModel]] | None = None,
+               drop: tuple[str, ...] = ()) -> dict[str, type[TaskModel]]:
+    """A family's task classes: each generic task with the family's backbone and class overrides.
+
+    `overrides[task]` sets class attributes (a head class, uses_pooler, ...), `replace[task]`
+    substitutes a class written in the family file, `drop` removes tasks the family lacks.
+    Classes are named like transformers' (prefix + "ForMaskedLM", prefix + "Model").
+    """
+    overrides, replace = overrides or {}, replace or {}
+    classes = {}
+    for task, generic in GENERIC_TASKS.items():
+        if task in drop:
+            continue
+        if task in replace:
+            classes[task] = replace[task]
+            continue
+        name = prefix + ("Model" if generic is EncoderModel else generic.__name__)
+        attrs = {"backbone_cls": backbone_cls, "__module__": module, **overrides.get(task, {})}
+        classes[task] = type(name, (generic,), attrs)
+    return classes

@@ -16,15 +16,16 @@ class BertConfig(EncoderConfig):
     """BERT needs nothing beyond the shared encoder fields."""
 
 
-BertModel = base.EncoderModel
-BertForPreTraining = base.ForPreTraining
-BertForMaskedLM = base.ForMaskedLM
-BertForNextSentencePrediction = base.ForNextSentencePrediction
-BertForSequenceClassification = base.ForSequenceClassification
-BertForTokenClassification = base.ForTokenClassification
-BertForQuestionAnswering = base.ForQuestionAnswering
-BertForMultipleChoice = base.ForMultipleChoice
-BertForSentenceEmbedding = base.ForSentenceEmbedding
+TASK_MODELS = base.specialise("Bert", __name__)
+BertModel = TASK_MODELS["base"]
+BertForPreTraining = TASK_MODELS["pretraining"]
+BertForMaskedLM = TASK_MODELS["masked-lm"]
+BertForNextSentencePrediction = TASK_MODELS["next-sentence"]
+BertForSequenceClassification = TASK_MODELS["sequence-classification"]
+BertForTokenClassification = TASK_MODELS["token-classification"]
+BertForQuestionAnswering = TASK_MODELS["question-answering"]
+BertForMultipleChoice = TASK_MODELS["multiple-choice"]
+BertForSentenceEmbedding = TASK_MODELS["embedding"]
 
 _LAYER = r"backbone/encoder/layers_(\d+)"
 # The encoder-layer names BERT, RoBERTa and ELECTRA share in transformers.
@@ -68,7 +69,7 @@ HF = HFSpec(
 )
 
 FAMILY = registry.register_family(registry.Family(
-    name="bert", config_cls=BertConfig, task_models=dict(base.TASK_MODELS), hf=HF))
+    name="bert", config_cls=BertConfig, task_models=TASK_MODELS, hf=HF))
 
 
 def _google(layers: int, hidden: int, heads: int, vocab_size: int = 30522) -> BertConfig:
