@@ -106,26 +106,390 @@ def _build_wordpiece(directory, cfg):
     return tok
 
 
-# Tried in order; a new kind (byte-level BPE: vocab.json + merges.txt, SentencePiece:
-# spm.model) is one more (required files, builder) entry.
+# Tried in order when tokenizer_config.json names no class we rebuild ourselves (below).
 _BUILDERS = (
     (("tokenizer.json",), _build_from_tokenizer_json),
     (("vocab.txt",), _build_wordpiece),
 )
 
 
+# ---- byte-level BPE (RoBERTa) and SentencePiece Unigram (ALBERT, DeBERTa-v2, XLNet) --------
+#
+# transformers 5 has no "slow" tokenizers for these. RobertaTokenizer, AlbertTokenizer,
+# DebertaV2Tokenizer and XLNetTokenizer each assemble a `tokenizers` pipeline in __init__,
+# taking only the *vocabulary* from tokenizer.json when the directory has one (its
+# normalizer / pre-tokenizer / post-processor are discarded and rebuilt from the class
+# and tokenizer_config.json flags), otherwise from vocab.json + merges.txt or from the
+# .model protobuf. We read the same vocabulary from the same file and assemble the same
+# components, in the same order, so every input gets the same ids; the tests compare the
+# serialized pipelines with transformers' as well as ids.
+
+_SPM_FILES = ("spiece.model", "spm.model")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Convention:
+    tokenizer_class: str
+    specials: dict            # the class's default special tokens
+    flags: dict               # tokenizer_config.json flags that change ids, with class defaults
+    model_files: tuple = ()   # SentencePiece file names, the class's own first
+    extras: tuple = ()        # the class's default additional special tokens
+    padding_side: str = "right"
+
+
+_CONVENTIONS = {
+    "bpe": _Convention(
+        "RobertaTokenizer",
+        dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", sep_token="</s>",
+             pad_token="<pad>", cls_token="<s>", mask_token="<mask>"),
+        dict(add_prefix_space=False, trim_offsets=True)),
+    "albert": _Convention(
+        "AlbertTokenizer",
+        dict(bos_token="[CLS]", eos_token="[SEP]", unk_token="<unk>", sep_token="[SEP]",
+             pad_token="<pad>", cls_token="[CLS]", mask_token="[MASK]"),
+        dict(do_lower_case=True, keep_accents=False, add_prefix_space=True),
+        model_files=("spiece.model", "spm.model")),
+    "deberta": _Convention(
+        "DebertaV2Tokenizer",
+        dict(bos_token="[CLS]", eos_token="[SEP]", unk_token="[UNK]", sep_token="[SEP]",
+             pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]"),
+        dict(do_lower_case=False, split_by_punct=False, add_prefix_space=True),
+        model_files=("spm.model", "spiece.model")),
+    # XLNet's keep_accents / remove_space change nothing in transformers 5 (accents are
+    # always stripped, whitespace always split), so they are not flags here.
+    "xlnet": _Convention(
+        "XLNetTokenizer",
+        dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", sep_token="<sep>",
+             pad_token="<pad>", cls_token="<cls>", mask_token="<mask>"),
+        dict(do_lower_case=False),
+        model_files=("spiece.model", "spm.model"), extras=("<eop>", "<eod>"), padding_side="left"),
+}
+KINDS = ("wordpiece",) + tuple(_CONVENTIONS)
+_KIND_OF_CLASS = {"BertTokenizer": "wordpiece",
+                  **{c.tokenizer_class: kind for kind, c in _CONVENTIONS.items()}}
+# config.json model_type -> kind, used (as by AutoTokenizer) when there is no tokenizer_class.
+_KIND_OF_MODEL_TYPE = {"roberta": "bpe", "albert": "albert", "deberta-v2": "deberta", "xlnet": "xlnet"}
+_ADDED_TOKEN_FIELDS = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
+
+
+def _load_json(path):
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def _resolve_kind(directory, cfg, kind):
+    """The kind asked for, else the one tokenizer_config.json / config.json imply, else None."""
+    if kind is not None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {list(KINDS)}")
+        return kind
+    name = cfg.get("tokenizer_class")
+    if not isinstance(name, str):
+        model_cfg = _load_json(os.path.join(directory, "config.json"))
+        model_cfg = model_cfg if isinstance(model_cfg, dict) else {}
+        name = model_cfg.get("tokenizer_class")
+        if not isinstance(name, str):
+            return _KIND_OF_MODEL_TYPE.get(model_cfg.get("model_type"))
+    return _KIND_OF_CLASS.get(name.removesuffix("Fast"))
+
+
+def _as_added_token(value, **override):
+    """A token entry of the config files (str, or an AddedToken dict) as str / AddedToken."""
+    if isinstance(value, dict):
+        fields = {k: value[k] for k in _ADDED_TOKEN_FIELDS if k in value}
+        return AddedToken(**{**fields, **override})
+    return value
+
+
+def _transformers_kwargs(directory, tokenizer_json):
+    """tokenizer_config.json as transformers' from_pretrained hands it to the class.
+
+    Returns (config, added) where added maps id -> AddedToken for tokens that are added
+    before the special tokens, with their saved flags (lstrip, normalized, ...).
+    """
+    cfg = _load_json(os.path.join(directory, "tokenizer_config.json")) or {}
+    if "additional_special_tokens" in cfg and not cfg.get("extra_special_tokens"):
+        cfg["extra_special_tokens"] = cfg.pop("additional_special_tokens")
+    if "added_tokens_decoder" in cfg:
+        added = {int(i): _as_added_token(t) for i, t in cfg["added_tokens_decoder"].items()}
+    else:
+        # Legacy layout: special_tokens_map.json *overrides* tokenizer_config.json here, and
+        # tokenizer.json's added_tokens (e.g. RoBERTa's lstrip <mask>) carry the flags.
+        smap = _load_json(os.path.join(directory, "special_tokens_map.json")) or {}
+        for key, value in smap.items():
+            if key == "extra_special_tokens" and isinstance(value, list):
+                merged = list(cfg.get(key) or [])
+                merged += [t for t in map(_as_added_token, value) if t not in merged]
+                value = merged
+            elif isinstance(value, dict):
+                value = _as_added_token(value, special=True)
+            cfg[key] = value
+        # added_tokens.json (DeBERTa-v3 keeps its [MASK] there, outside spm.model), then
+        # tokenizer.json's added_tokens, which win for the same id.
+        added = {}
+        legacy = _load_json(os.path.join(directory, "added_tokens.json")) or {}
+        if legacy:
+            special = {str(_as_added_token(cfg[r])) for r in _ROLE_ORDER if cfg.get(r)}
+            extras = cfg.get("extra_special_tokens")
+            special |= {str(_as_added_token(t)) for t in extras if t} if isinstance(extras, list) else set()
+            for content, i in legacy.items():
+                added[i] = AddedToken(content, normalized=content not in special,
+                                      special=content in special)
+        added.update({t["id"]: _as_added_token(t) for t in (tokenizer_json or {}).get("added_tokens", [])})
+    by_content = {str(t): t for t in added.values()}
+    for role in _ROLE_ORDER:
+        if cfg.get(role) is not None:
+            cfg[role] = _as_added_token(cfg[role])
+            cfg[role] = by_content.get(str(cfg[role]), cfg[role])
+    return cfg, added
+
+
+def _add_special_tokens(tok, added, roles, extras):
+    """Add tokens as transformers' TokenizersBackend.__init__ does.
+
+    Order matters: tokens outside the vocabulary get new ids in this order (saved added
+    tokens by id, then the named special tokens, then the extra ones). Flags matter too:
+    a token listed twice keeps the flags of its *last* entry, which is why XLNet's class
+    default `<mask>` (lstrip=True) loses to the plain `<mask>` control piece of the .model.
+    """
+    tokens = [t for _, t in sorted(added.items())]
+    present = {str(t) for t in tokens}
+    named = [v for v in roles.values() if v is not None]
+    for value in named + list(extras):
+        if str(value) not in present and value not in tokens:
+            tokens.append(value)
+    named_contents = {str(v) for v in named}
+    final = []
+    for t in tokens:
+        if isinstance(t, str):
+            t = AddedToken(t, special=True)
+        elif not t.special and t.content in named_contents:
+            t = AddedToken(t.content, single_word=t.single_word, lstrip=t.lstrip, rstrip=t.rstrip,
+                           normalized=t.normalized, special=True)
+        final.append(t)
+    tok.add_tokens(final)
+
+
+def _bpe_vocab(directory, tokenizer_json):
+    if tokenizer_json is not None:
+        model = tokenizer_json.get("model") or {}
+        if model.get("type") not in (None, "BPE") or not isinstance(model.get("vocab"), dict):
+            raise ValueError(f"{os.path.join(directory, 'tokenizer.json')} holds a "
+                             f"{model.get('type')} model, not a byte-level BPE one")
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+                  for m in model.get("merges", [])]
+        return model["vocab"], merges
+    paths = [os.path.join(directory, f) for f in ("vocab.json", "merges.txt")]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"byte-level BPE tokenizer needs tokenizer.json or vocab.json + "
+                                f"merges.txt; missing {', '.join(missing)}")
+    try:
+        return BPE.read_file(*paths)  # the reader transformers' BPE(vocab=path, ...) uses
+    except Exception as e:
+        raise ValueError(f"cannot read {paths[0]} / {paths[1]}: {e}") from e
+
+
+def _read_spm_proto(path):
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError as e:  # the generated module needs the protobuf runtime
+        raise ImportError(f"reading {path} needs the protobuf package (pip install protobuf)") from e
+    with open(path, "rb") as f:
+        data = f.read()
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except Exception as e:
+        raise ValueError(f"{path} is not a SentencePiece model: {e}") from e
+    if not proto.pieces:
+        raise ValueError(f"{path} is not a SentencePiece model (no pieces)")
+    if proto.trainer_spec.model_type != proto.trainer_spec.UNIGRAM:
+        raise ValueError(f"{path} is not a Unigram SentencePiece model; ALBERT, DeBERTa-v2 and "
+                         "XLNet tokenizers are Unigram")
+    return proto
+
+
+def _json_charsmap(normalizer):
+    if not normalizer:
+        return None
+    items = normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else [normalizer]
+    for n in items:
+        if n.get("type") == "Precompiled" and n.get("precompiled_charsmap"):
+            return base64.b64decode(n["precompiled_charsmap"])
+    return None
+
+
+def _unigram_vocab(directory, tokenizer_json, conv):
+    """(vocab, unk_id, precompiled charsmap, pieces to add as tokens, .model path or None).
+
+    unk_id and the pieces are None when the vocabulary comes from tokenizer.json, which is
+    what transformers sees then too (the class falls back to its config / defaults).
+    """
+    model_path = next((os.path.join(directory, f) for f in conv.model_files
+                       if os.path.isfile(os.path.join(directory, f))), None)
+    if tokenizer_json is not None:
+        model = tokenizer_json.get("model") or {}
+        vocab = model.get("vocab")
+        if model.get("type") not in (None, "Unigram") or not (
+                isinstance(vocab, list) and vocab and isinstance(vocab[0], list)):
+            raise ValueError(f"{os.path.join(directory, 'tokenizer.json')} holds a "
+                             f"{model.get('type')} model, not a SentencePiece Unigram one")
+        return ([tuple(v) for v in vocab], None, _json_charsmap(tokenizer_json.get("normalizer")),
+                None, model_path)
+    if model_path is None:
+        raise FileNotFoundError(f"{conv.tokenizer_class} needs tokenizer.json or "
+                                f"{' / '.join(conv.model_files)} in {directory!r}")
+    proto = _read_spm_proto(model_path)
+    vocab = [(p.piece, p.score) for p in proto.pieces]
+    # Control and user-defined pieces become added tokens, as transformers'
+    # SentencePieceExtractor makes them (its "additional_special_tokens").
+    kinds = (proto.SentencePiece.CONTROL, proto.SentencePiece.USER_DEFINED)
+    pieces = [AddedToken(p.piece, normalized=False, special=p.type == proto.SentencePiece.CONTROL)
+              for p in proto.pieces if p.type in kinds]
+    return (vocab, proto.trainer_spec.unk_id, proto.normalizer_spec.precompiled_charsmap or None,
+            pieces, model_path)
+
+
+def _metaspace(scheme):
+    return pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme=scheme)
+
+
+def _quote_normalizers():
+    # ALBERT / XLNet map LaTeX-style quotes to '"' before anything else.
+    return [normalizers.Replace("``", '"'), normalizers.Replace("''", '"')]
+
+
+def _build_convention(directory, kind):
+    """(tokenizers.Tokenizer, settings) for one of _CONVENTIONS, as transformers builds it."""
+    conv = _CONVENTIONS[kind]
+    tokenizer_json = _load_json(os.path.join(directory, "tokenizer.json"))
+    cfg, added = _transformers_kwargs(directory, tokenizer_json)
+    flags = {k: cfg.get(k, default) for k, default in conv.flags.items()}
+    roles = {r: cfg[r] if r in cfg else conv.specials[r] for r in _ROLE_ORDER}
+    extras = cfg.get("extra_special_tokens")
+    if isinstance(extras, dict):  # model-specific named tokens
+        extras = list(extras.values())
+    model_path, unk_id = None, None
+
+    if kind == "bpe":
+        vocab, merges = _bpe_vocab(directory, tokenizer_json)
+        # No unk_token: byte-level BPE can spell any input.
+        tok = tokenizers.Tokenizer(BPE(vocab, merges, dropout=None, continuing_subword_prefix="",
+                                       end_of_word_suffix="", fuse_unk=False))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(flags["add_prefix_space"]))
+        tok.decoder = decoders.ByteLevel()
+    else:
+        vocab, unk_id, charsmap, pieces, model_path = _unigram_vocab(directory, tokenizer_json, conv)
+        if extras is None:
+            # From a .model file the control / user-defined pieces replace the class default.
+            extras = pieces if pieces is not None else list(conv.extras)
+        if kind == "albert":
+            unk_id = 1  # AlbertTokenizer hard-codes ALBERT's <unk> id, whatever the model says
+        elif kind == "deberta":
+            unk = (str(roles["unk_token"]), 0.0)
+            unk_id = vocab.index(unk) if unk in vocab else (
+                unk_id if unk_id is not None else cfg.get("unk_id", 1))
+        else:
+            unk_id = unk_id if unk_id is not None else cfg.get("unk_id", 0)
+        if not 0 <= unk_id < len(vocab):
+            raise ValueError(f"unk_id {unk_id} is outside the {len(vocab)}-piece vocabulary")
+        tok = tokenizers.Tokenizer(Unigram(vocab, unk_id=unk_id, byte_fallback=False))
+        if kind == "deberta":
+            # DebertaV2Tokenizer ignores the model's precompiled charsmap (no NFKC) and strips
+            # only on the right; "first" prepends "\u2581" to the first piece only.
+            norms = [normalizers.Lowercase()] if flags["do_lower_case"] else []
+            norms += [normalizers.Replace(Regex(r"\s{2,}|[\n\r\t]"), " "), normalizers.NFC(),
+                      normalizers.Strip(left=False, right=True)]
+            pre = [pre_tokenizers.Punctuation(behavior="isolated")] if flags["split_by_punct"] else []
+            scheme = "always" if flags["add_prefix_space"] else "first"
+            pre.append(_metaspace(scheme))
+        else:
+            norms = _quote_normalizers()
+            # XLNetTokenizer strips accents even with keep_accents=True (transformers 5).
+            if kind == "xlnet" or not flags["keep_accents"]:
+                norms += [normalizers.NFKD(), normalizers.StripAccents()]
+            if flags["do_lower_case"]:
+                norms.append(normalizers.Lowercase())
+            if charsmap:
+                norms.append(normalizers.Precompiled(charsmap))
+            scheme = "never" if kind == "albert" and not flags["add_prefix_space"] else "always"
+            pre = [pre_tokenizers.WhitespaceSplit(), _metaspace(scheme)]
+        tok.normalizer = normalizers.Sequence(norms)
+        tok.pre_tokenizer = pre_tokenizers.Sequence(pre)
+        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme=scheme)
+
+    if kind == "xlnet" and isinstance(roles["mask_token"], str):
+        roles["mask_token"] = AddedToken(roles["mask_token"], lstrip=True, rstrip=False)
+    _add_special_tokens(tok, added, roles, extras or [])
+
+    def id_of(role):
+        token = roles[role]
+        i = None if token is None else tok.token_to_id(str(token))
+        if i is None:
+            raise ValueError(f"{role} {None if token is None else str(token)!r} is not in the "
+                             f"vocabulary of {directory!r}")
+        return i
+
+    cls, sep = str(roles["cls_token"]), str(roles["sep_token"])
+    if kind == "bpe":
+        tok.post_processor = processors.RobertaProcessing(
+            (sep, id_of("sep_token")), (cls, id_of("cls_token")),
+            trim_offsets=bool(flags["trim_offsets"]), add_prefix_space=bool(flags["add_prefix_space"]))
+    elif kind == "xlnet":
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"$A:0 {sep}:0 {cls}:2", pair=f"$A:0 {sep}:0 $B:1 {sep}:1 {cls}:2",
+            special_tokens=[(sep, id_of("sep_token")), (cls, id_of("cls_token"))])
+    else:
+        # AlbertTokenizer's template names its tokens "[CLS]" / "[SEP]" whatever they are.
+        c, s = ("[CLS]", "[SEP]") if kind == "albert" else (cls, sep)
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{c}:0 $A:0 {s}:0", pair=f"{c}:0 $A:0 {s}:0 $B:1 {s}:1",
+            special_tokens=[(c, id_of("cls_token")), (s, id_of("sep_token"))])
+
+    save_config = {"tokenizer_class": conv.tokenizer_class, **flags}
+    if kind in ("deberta", "xlnet"):
+        save_config["unk_id"] = unk_id  # what these classes use when loading tokenizer.json
+    if extras:
+        save_config["extra_special_tokens"] = [str(t) for t in extras]
+    model_file = None
+    if model_path is not None:
+        with open(model_path, "rb") as f:
+            model_file = f.read()  # copied on save_pretrained: the .model is the source of truth
+    settings = dict(
+        specials={r: str(v) for r, v in roles.items() if v is not None},
+        padding_side=cfg.get("padding_side", conv.padding_side),
+        truncation_side=cfg.get("truncation_side", "right"),
+        save_config=save_config, model_file=model_file)
+    return tok, settings
+
+
 class Tokenizer:
     """Thread-safe wrapper around a `tokenizers.Tokenizer` with a transformers-like call."""
 
-    def __init__(self, tok: tokenizers.Tokenizer, *, model_max_length=None, **special_tokens):
+    def __init__(self, tok: tokenizers.Tokenizer, *, model_max_length=None, padding_side="right",
+                 truncation_side="right", **special_tokens):
         unknown = set(special_tokens) - set(_ROLES)
         if unknown:
             raise TypeError(f"unknown special token roles {sorted(unknown)}; expected {_ROLES}")
-        self._tok = tokenizers.Tokenizer.from_str(tok.to_str())  # private copy, never mutated
+        for name, side in (("padding_side", padding_side), ("truncation_side", truncation_side)):
+            if side not in ("right", "left"):
+                raise ValueError(f"{name} must be 'right' or 'left', got {side!r}")
+        self._tok = _copy_tokenizer(tok)  # private copy, never mutated
         self._tok.no_truncation()
         self._tok.no_padding()
         self._specials = {r: t for r, t in special_tokens.items() if t is not None}
         self._model_max_length = model_max_length
+        self._padding_side = padding_side
+        self._truncation_side = truncation_side
+        self._kind = None          # set by from_pretrained for the kinds in KINDS
+        self._save_config = {}     # tokenizer_config.json entries that reproduce the pipeline
+        self._model_file = None    # SentencePiece .model bytes, copied by save_pretrained
         self._truncating = {}
         self._lock = threading.Lock()
 
@@ -138,22 +502,55 @@ class Tokenizer:
         return cls(tok, model_max_length=model_max_length, **special_tokens)
 
     @classmethod
-    def from_pretrained(cls, path):
+    def from_pretrained(cls, path, *, kind=None):
+        """Load a tokenizer directory as transformers' AutoTokenizer would.
+
+        The pipeline follows `tokenizer_class` in tokenizer_config.json (else config.json's
+        tokenizer_class / model_type): RobertaTokenizer, AlbertTokenizer, DebertaV2Tokenizer
+        and XLNetTokenizer are rebuilt from their vocabulary files, anything else loads
+        tokenizer.json as is or builds BERT WordPiece from vocab.txt. `kind` (one of KINDS:
+        "wordpiece", "bpe", "albert", "deberta", "xlnet") overrides the config.
+        """
         if isinstance(path, tokenizers.Tokenizer):
             return cls.from_tokenizer(path)
         directory = os.fspath(path)
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"tokenizer directory {directory!r} does not exist")
         cfg = _read_config(directory)
+        kind = _resolve_kind(directory, cfg, kind)
+        has = lambda *names: all(os.path.isfile(os.path.join(directory, f)) for f in names)  # noqa: E731
+        if kind is None and not has("tokenizer.json") and not has("vocab.txt") and has("vocab.json", "merges.txt"):
+            kind = "bpe"  # transformers needs a class name here; the files leave no doubt
+        max_len = cfg.get("model_max_length")
+        if not isinstance(max_len, int) or max_len > 10**12:
+            max_len = None  # transformers writes ~1e30 for "no limit"
+        if kind in _CONVENTIONS:
+            tok, settings = _build_convention(directory, kind)
+            self = cls(tok, model_max_length=max_len, padding_side=settings["padding_side"],
+                       truncation_side=settings["truncation_side"], **settings["specials"])
+            self._kind, self._save_config = kind, settings["save_config"]
+            self._model_file = settings["model_file"]
+            return self
         for files, build in _BUILDERS:
-            if all(os.path.isfile(os.path.join(directory, f)) for f in files):
+            if has(*files):
                 specials = {r: cfg[r] for r in _ROLES if isinstance(cfg.get(r), str)}
-                max_len = cfg.get("model_max_length")
-                if not isinstance(max_len, int) or max_len > 10**12:
-                    max_len = None  # transformers writes ~1e30 for "no limit"
-                return cls.from_tokenizer(build(directory, cfg), model_max_length=max_len, **specials)
+                self = cls.from_tokenizer(build(directory, cfg), model_max_length=max_len, **specials)
+                self._padding_side = cfg.get("padding_side", "right")
+                self._truncation_side = cfg.get("truncation_side", "right")
+                if self._padding_side not in ("right", "left") or self._truncation_side not in ("right", "left"):
+                    raise ValueError(f"padding_side / truncation_side in {directory!r} must be 'right' or 'left'")
+                if json.loads(self._tok.to_str())["model"]["type"] == "WordPiece":
+                    self._kind = "wordpiece"
+                return self
+        spm = [f for f in _SPM_FILES if has(f)]
+        if spm:
+            raise ValueError(f"{spm[0]} in {directory!r} is a SentencePiece model but nothing says which "
+                             "convention it follows: set tokenizer_class in tokenizer_config.json "
+                             "(AlbertTokenizer, DebertaV2Tokenizer or XLNetTokenizer) or pass "
+                             "kind='albert', 'deberta' or 'xlnet'")
         wanted = " or ".join("+".join(files) for files, _ in _BUILDERS)
-        raise FileNotFoundError(f"no usable tokenizer files in {directory!r}: looked for {wanted}")
+        raise FileNotFoundError(f"no usable tokenizer files in {directory!r}: looked for {wanted}, "
+                                f"vocab.json+merges.txt or {' / '.join(_SPM_FILES)}")
 
     # ---- vocabulary ---------------------------------------------------------------------
     @property
@@ -164,11 +561,31 @@ class Tokenizer:
     def model_max_length(self):
         return self._model_max_length
 
+    @property
+    def backend_tokenizer(self) -> tokenizers.Tokenizer:
+        """A copy of the `tokenizers` pipeline (no truncation / padding set)."""
+        return _copy_tokenizer(self._tok)
+
+    @property
+    def kind(self):
+        """One of KINDS, or None for a tokenizer.json loaded as it is."""
+        return self._kind
+
+    @property
+    def padding_side(self) -> str:
+        return self._padding_side
+
+    @property
+    def truncation_side(self) -> str:
+        return self._truncation_side
+
     def _special_id(self, role):
         token = self._specials.get(role)
         return None if token is None else self._tok.token_to_id(token)
 
     pad_token_id = property(lambda self: self._special_id("pad_token"))
+    bos_token_id = property(lambda self: self._special_id("bos_token"))
+    eos_token_id = property(lambda self: self._special_id("eos_token"))
     cls_token_id = property(lambda self: self._special_id("cls_token"))
     sep_token_id = property(lambda self: self._special_id("sep_token"))
     mask_token_id = property(lambda self: self._special_id("mask_token"))
@@ -206,8 +623,8 @@ class Tokenizer:
             if key not in self._truncating:
                 if len(self._truncating) >= _MAX_CACHED_CONFIGS:
                     self._truncating.clear()  # bounded memory; a rebuild costs ~40 ms
-                tok = tokenizers.Tokenizer.from_str(self._tok.to_str())
-                tok.enable_truncation(max_length, strategy=strategy)
+                tok = _copy_tokenizer(self._tok)
+                tok.enable_truncation(max_length, strategy=strategy, direction=self._truncation_side)
                 self._truncating[key] = tok
             return self._truncating[key]
 
@@ -265,8 +682,14 @@ class Tokenizer:
         if pad_mode and pad_to_multiple_of:
             target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
         names = ("input_ids", "token_type_ids", "attention_mask")
+        left = self._padding_side == "left"  # XLNet pads on the left
         if return_tensors is None:
-            pad = (lambda row, v: row + [v] * (target - len(row))) if pad_mode else (lambda row, v: row)
+            if not pad_mode:
+                pad = lambda row, v: row  # noqa: E731
+            elif left:
+                pad = lambda row, v: [v] * (target - len(row)) + row  # noqa: E731
+            else:
+                pad = lambda row, v: row + [v] * (target - len(row))  # noqa: E731
             cols = ([pad(r, self.pad_token_id) for r in ids], [pad(r, 0) for r in types],
                     [pad([1] * len(r), 0) for r in ids])
             return Encoding((n, c[0] if single else c) for n, c in zip(names, cols))
@@ -276,48 +699,51 @@ class Tokenizer:
                              "them; pass padding=True (or truncation=True with padding='max_length'), "
                              "or return_tensors=None for lists")
         shape = (len(ids), target if pad_mode else int(lengths[0]))
-        mask = np.arange(shape[1]) < lengths[:, None]
+        if left:
+            mask = np.arange(shape[1]) >= (shape[1] - lengths)[:, None]
+        else:
+            mask = np.arange(shape[1]) < lengths[:, None]
 
         def scatter(rows, fill):
             arr = np.full(shape, fill, dtype=np.int32)
             arr[mask] = np.fromiter(itertools.chain.from_iterable(rows), np.int32, int(lengths.sum()))
             return arr
 
+        # token_type_ids pad with 0 for every class, XLNet included: its v4 pad type id 3 is
+        # reset to 0 by transformers 5's base class.
         arrays = (scatter(ids, self.pad_token_id), scatter(types, 0), mask.astype(np.int32))
         return Encoding((n, a[0] if single else a) for n, a in zip(names, arrays))
 
     # ---- saving -------------------------------------------------------------------------
     def save_pretrained(self, directory, *, overwrite=False):
-        """Write tokenizer.json (+ vocab.txt for WordPiece) and tokenizer_config.json atomically."""
-        dest = os.path.abspath(os.fspath(directory))
-        if os.path.exists(dest) and not (os.path.isdir(dest) and not os.listdir(dest)) and not overwrite:
-            raise FileExistsError(f"{dest} already exists and is not empty; pass overwrite=True")
-        parent = os.path.dirname(dest)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dest)}.tmp-")
-        try:
-            self._write(tmp)
-            if not os.path.lexists(dest):
-                os.rename(tmp, dest)
-                return
-            # Move the old one aside first so a failed swap can put it back.
-            old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dest)}.old-")
-            os.rename(dest, os.path.join(old, "x"))
-            try:
-                os.rename(tmp, dest)
-            except BaseException:
-                os.rename(os.path.join(old, "x"), dest)
-                os.rmdir(old)
-                raise
-            shutil.rmtree(old)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        """Write the directory atomically: tokenizer.json, tokenizer_config.json and the
+        vocabulary files transformers also reads (vocab.txt for WordPiece, vocab.json +
+        merges.txt for byte-level BPE, the .model file for SentencePiece)."""
+        write_directory_atomically(directory, self._write, overwrite=overwrite)
 
     def _write(self, out):
         self._tok.save(os.path.join(out, "tokenizer.json"))
         model = json.loads(self._tok.to_str())
+        if self._kind in _CONVENTIONS:
+            cfg = {**self._save_config, **self._specials, "padding_side": self._padding_side}
+            # The added tokens with their flags, as transformers 4 saved them: without this a
+            # reload from the vocabulary files alone (no tokenizer.json) loses e.g. an lstrip
+            # <mask>, since transformers then re-adds special tokens with default flags.
+            cfg["added_tokens_decoder"] = {
+                str(i): {f: getattr(t, f) for f in _ADDED_TOKEN_FIELDS}
+                for i, t in sorted(self._tok.get_added_tokens_decoder().items())}
+            if self._truncation_side != "right":
+                cfg["truncation_side"] = self._truncation_side
+            if model["model"]["type"] == "BPE":
+                self._tok.model.save(out)  # vocab.json + merges.txt
+            if self._model_file is not None:
+                with open(os.path.join(out, _CONVENTIONS[self._kind].model_files[0]), "wb") as f:
+                    f.write(self._model_file)
+            self._write_config(out, cfg)
+            return
         cfg = {"tokenizer_class": "PreTrainedTokenizerFast", **self._specials}
+        if self._padding_side != "right":
+            cfg["padding_side"] = self._padding_side
         if model["model"]["type"] == "WordPiece":
             cfg["tokenizer_class"] = "BertTokenizer"
             vocab = self._tok.get_vocab(with_added_tokens=False)
@@ -329,10 +755,61 @@ class Tokenizer:
         if norm.get("type") == "BertNormalizer":
             cfg.update(do_lower_case=norm["lowercase"], strip_accents=norm["strip_accents"],
                        tokenize_chinese_chars=norm["handle_chinese_chars"])
+        self._write_config(out, cfg)
+
+    def _write_config(self, out, cfg):
         if self._model_max_length is not None:
             cfg["model_max_length"] = self._model_max_length
         with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
             json.dump(cfg, f, indent=2, ensure_ascii=False)
+
+
+def write_directory_atomically(directory, write, *, overwrite=False):
+    """Call write(tmp) on a fresh directory beside `directory`, then rename it into place.
+
+    An existing non-empty `directory` is refused unless overwrite=True; it is replaced only
+    once everything was written, so a failure leaves either the old or the new one.
+    """
+    dest = os.path.abspath(os.fspath(directory))
+    if os.path.exists(dest) and not (os.path.isdir(dest) and not os.listdir(dest)) and not overwrite:
+        raise FileExistsError(f"{dest} already exists and is not empty; pass overwrite=True")
+    parent = os.path.dirname(dest)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dest)}.tmp-")
+    try:
+        write(tmp)
+        if not os.path.lexists(dest):
+            os.rename(tmp, dest)
+            return
+        # Move the old one aside first so a failed swap can put it back.
+        old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dest)}.old-")
+        os.rename(dest, os.path.join(old, "x"))
+        try:
+            os.rename(tmp, dest)
+        except BaseException:
+            os.rename(os.path.join(old, "x"), dest)
+            os.rmdir(old)
+            raise
+        shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _copy_tokenizer(tok):
+    """An independent copy of `tok` that encodes exactly like it.
+
+    Copies go through JSON, and the `tokenizers` JSON reader can land 1 ulp off on floats
+    (a few percent of Unigram scores), which may change a segmentation. The serialized text
+    itself is exact, so the Unigram model is rebuilt from Python's exact parse of it.
+    """
+    text = tok.to_str()
+    copy = tokenizers.Tokenizer.from_str(text)
+    model = json.loads(text)["model"]
+    if model.get("type") == "Unigram":
+        copy.model = Unigram([tuple(v) for v in model["vocab"]], unk_id=model["unk_id"],
+                             byte_fallback=model.get("byte_fallback", False))
+    return copy
 
 
 def _as_str_list(x, name):

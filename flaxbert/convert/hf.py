@@ -180,6 +180,7 @@ def config_from_hf(family: registry.Family, hf_config: dict, **overrides) -> Enc
         if field in hf_config and hf_config[field] not in allowed:
             raise ValueError(f"config.json sets {field}={hf_config[field]!r}; flaxbert's "
                              f"{family.name} supports {field} in {list(allowed)}")
+    hf_config = {dict(family.hf.config_renames).get(k, k): v for k, v in hf_config.items()}
     fields = {f.name for f in dataclasses.fields(family.config_cls)} - set(FLAXBERT_FIELDS)
     kwargs = {k: hf_config[k] for k in fields if k in hf_config and hf_config[k] is not None}
     if "id2label" in hf_config:
@@ -194,7 +195,9 @@ def config_from_hf(family: registry.Family, hf_config: dict, **overrides) -> Enc
 
 def config_to_hf(family: registry.Family, config: EncoderConfig, task: str) -> dict:
     out = {"architectures": [family.hf.architecture(task)], "model_type": family.hf.model_type}
-    out.update({k: v for k, v in config.to_dict().items() if k not in FLAXBERT_FIELDS})
+    to_hf_name = {ours: theirs for theirs, ours in family.hf.config_renames}
+    out.update({to_hf_name.get(k, k): v for k, v in config.to_dict().items()
+                if k not in FLAXBERT_FIELDS})
     labels = config.id2label or tuple(f"LABEL_{i}" for i in range(config.num_labels))
     out["id2label"] = {str(i): label for i, label in enumerate(labels)}
     out["label2id"] = {label: i for i, label in enumerate(labels)}

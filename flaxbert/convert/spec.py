@@ -23,6 +23,8 @@ class HFSpec:
     task_classes: tuple[tuple[str, str], ...] = ()
     # Head weight prefixes (transformers names) that belong to some task head, not the backbone.
     head_prefixes: tuple[str, ...] = ()
+    # (transformers config field, our field) where the names differ (DistilBERT's dim, ...).
+    config_renames: tuple[tuple[str, str], ...] = ()
     # config.json fields whose other values we do not implement: (field, allowed values).
     config_requirements: tuple[tuple[str, tuple], ...] = ()
 

@@ -52,8 +52,8 @@ def check_tokens(cfg: EncoderConfig, input_ids, attention_mask=None, token_type_
                                     or jnp.result_type(arr) == jnp.bool_):
             raise TypeError(f"{name} must be integer or bool, got dtype {jnp.result_type(arr)}")
     check_ids("input_ids", input_ids, cfg.vocab_size, "vocab_size")
-    if token_type_ids is not None:
-        check_ids("token_type_ids", token_type_ids, max(cfg.type_vocab_size, 1), "type_vocab_size")
+    if token_type_ids is not None and cfg.type_vocab_size > 0:  # else ignored (DistilBERT)
+        check_ids("token_type_ids", token_type_ids, cfg.type_vocab_size, "type_vocab_size")
     if position_ids is not None:
         check_ids("position_ids", position_ids, cfg.max_position_embeddings,
                   "max_position_embeddings")
@@ -73,7 +73,11 @@ class Embeddings(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids=None, position_ids=None):
+    def __call__(self, input_ids, token_type_ids=None, position_ids=None,
+                 deterministic: bool | None = None):
+        # `deterministic` may come per call: a module shared by two backbones (ELECTRA) is
+        # created once but runs in training and in evaluation.
+        deterministic = self.deterministic if deterministic is None else deterministic
         cfg = self.config
         width = cfg.embedding_width
         init = nn.initializers.normal(cfg.initializer_range)
@@ -93,7 +97,7 @@ class Embeddings(nn.Module):
             x = x + _lookup(table(cfg.type_vocab_size, ("types", "embed"),
                                   "token_type_embeddings"), token_type_ids)
         x = layer_norm(cfg, "norm")(x)
-        x = nn.Dropout(cfg.hidden_dropout_prob, deterministic=self.deterministic)(x)
+        x = nn.Dropout(cfg.hidden_dropout_prob, deterministic=deterministic)(x)
         return sharding.constrain(x, sharding.HIDDEN)
 
     def word_embedding_table(self):

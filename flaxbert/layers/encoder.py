@@ -22,6 +22,13 @@ REMAT_POLICIES = {
 }
 
 
+def rematerialised(block: type[nn.Module], cfg: EncoderConfig) -> type[nn.Module]:
+    """`block` wrapped in nn.remat with the config's named policy ("none": unchanged)."""
+    if cfg.remat_policy == "none":
+        return block
+    return nn.remat(block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+
+
 class TransformerBlock(nn.Module):
     """x -> LN(x + Attn(x)) -> LN(. + FFN(.)), BERT's post-LN layer.
 
@@ -60,10 +67,7 @@ class Encoder(nn.Module):
     def __call__(self, x, mask, *, output_hidden_states: bool = False,
                  output_attentions: bool = False):
         cfg = self.config
-        block = self.block
-        if cfg.remat_policy != "none":
-            block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat_policy],
-                             prevent_cse=not cfg.scan_layers)
+        block = rematerialised(self.block, cfg)
         kwargs = dict(deterministic=self.deterministic, output_attentions=output_attentions,
                       collect_hidden=output_hidden_states)
         if cfg.scan_layers:

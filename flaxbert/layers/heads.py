@@ -164,3 +164,17 @@ def pool(hidden, attention_mask, mode: str):
 def l2_normalize(x, eps: float = 1e-12):
     # Same clamp as torch.nn.functional.normalize.
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+class SummaryClassifier(nn.Module):
+    """ELECTRA / XLNet multiple choice: SequenceSummary, then Dense(num_outputs)."""
+
+    config: EncoderConfig
+    num_outputs: int
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, out):
+        x = SequenceSummary(self.config, self.deterministic, name="sequence_summary")(
+            out.last_hidden_state)
+        return dense(self.config, self.num_outputs, ("embed", "classes"), "dense")(x)

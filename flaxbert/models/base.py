@@ -1,5 +1,9 @@
 """Task models shared by every family: a backbone plus one head.
 
+Each head has its own flax name (`mlm_head`, `nsp_head`, `classifier` for sequences,
+`token_classifier`, `choice_classifier`, `qa_outputs`), even where transformers reuses one
+("classifier"), so a family's naming rules can map each head's structure unambiguously.
+
 A family supplies its backbone (and, where a head differs in structure, its own head module) via
 `specialise`; the task wrappers here are the same for all. Parameter names inside are
 family-neutral (`backbone`, `mlm_head`, `classifier`, ...); `flaxbert.convert` maps them to each
@@ -54,8 +58,7 @@ class Backbone(nn.Module):
         check_tokens(cfg, input_ids, attention_mask, token_type_ids, position_ids)
         if position_ids is None:
             position_ids = self.default_position_ids(input_ids)
-        embeddings = self.embedding_module()
-        x = embeddings(input_ids, token_type_ids, position_ids)
+        x = self.embedding_module()(input_ids, token_type_ids, position_ids, self.deterministic)
         if x.shape[-1] != cfg.hidden_size:  # ALBERT, ELECTRA: narrow embeddings
             x = dense(cfg, cfg.hidden_size, ("embed_proj", "embed"), "embeddings_project")(x)
         embedded = x
@@ -83,6 +86,7 @@ class TaskModel(nn.Module):
     """Builds the family's backbone under the name `backbone` and runs it."""
 
     config: EncoderConfig
+    shared_embeddings: nn.Module | None = None  # see Backbone
 
     backbone_cls: ClassVar[type[Backbone]] = Backbone
     task: ClassVar[str] = "base"
@@ -90,9 +94,9 @@ class TaskModel(nn.Module):
     input_rank: ClassVar[int] = 2
 
     def encode(self, input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-               output_hidden_states, output_attentions, **backbone_fields) -> tuple[Backbone, Output]:
+               output_hidden_states, output_attentions) -> tuple[Backbone, Output]:
         backbone = self.backbone_cls(self.config, deterministic, add_pooling_layer=self.uses_pooler,
-                                     name="backbone", **backbone_fields)
+                                     shared_embeddings=self.shared_embeddings, name="backbone")
         out = backbone(input_ids, attention_mask, token_type_ids, position_ids,
                        output_hidden_states=output_hidden_states,
                        output_attentions=output_attentions)
@@ -148,6 +152,7 @@ class ForPreTraining(ForMaskedLM):
 
     task: ClassVar[str] = "pretraining"
     uses_pooler: ClassVar[bool] = True
+    pair_output: ClassVar[str] = "seq_relationship_logits"  # ALBERT: "sop_logits"
 
     def pair_logits(self, pooled, deterministic):
         return Classifier(self.config, 2, name="nsp_head")(pooled)
@@ -160,7 +165,7 @@ class ForPreTraining(ForMaskedLM):
                                     deterministic, output_hidden_states, output_attentions)
         return Output(prediction_logits=self.mlm_logits(backbone, out.last_hidden_state,
                                                          masked_positions),
-                      seq_relationship_logits=self.pair_logits(out.pooler_output, deterministic),
+                      **{self.pair_output: self.pair_logits(out.pooler_output, deterministic)},
                       **_trunk(out))
 
 
@@ -202,7 +207,7 @@ class ForTokenClassification(TaskModel):
                              deterministic, output_hidden_states, output_attentions)
         cfg = self.config
         logits = Classifier(cfg, cfg.num_labels, deterministic, cfg.classifier_dropout_prob,
-                            name="classifier")(out.last_hidden_state)
+                            name="token_classifier")(out.last_hidden_state)
         return Output(logits=logits, **_trunk(out))
 
 
@@ -242,7 +247,7 @@ class ForMultipleChoice(TaskModel):
         _, out = self.encode(flat(input_ids), flat(attention_mask), flat(token_type_ids),
                              flat(position_ids), deterministic, output_hidden_states,
                              output_attentions)
-        logits = self.head_cls(self.config, 1, deterministic, name="classifier")(out)
+        logits = self.head_cls(self.config, 1, deterministic, name="choice_classifier")(out)
         return Output(logits=logits.reshape(batch, choices), **_trunk(out))
 
 

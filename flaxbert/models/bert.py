@@ -57,7 +57,7 @@ HF = HFSpec(
         (r"mlm_head/norm", "cls.predictions.transform.LayerNorm"),
         (r"mlm_head", "cls.predictions"),
         (r"nsp_head/dense", "cls.seq_relationship"),
-        (r"classifier/dense", "classifier"),
+        (r"(token_|choice_)?classifier/dense", "classifier"),
         (r"qa_outputs/dense", "qa_outputs"),
     ),
     ignore=(r"cls\.predictions\.decoder\.(weight|bias)", r"(bert\.)?embeddings\.position_ids",

@@ -16,6 +16,7 @@ class Output:
     logits: Any = None
     prediction_logits: Any = None
     seq_relationship_logits: Any = None
+    sop_logits: Any = None
     start_logits: Any = None
     end_logits: Any = None
     last_hidden_state: Any = None
