@@ -30,9 +30,12 @@ def count_params(model_or_params) -> int:
     """
     if isinstance(model_or_params, nn.Module):
         from flaxbert.convert.hf import abstract_params
-        # Scanned layers hold the same parameters and trace one layer instead of all of them.
-        scanned = model_or_params.clone(config=model_or_params.config.replace(scan_layers=True))
-        model_or_params = abstract_params(scanned)
+        model = model_or_params
+        try:  # scanned layers hold the same parameters and trace one layer instead of all
+            model = model.clone(config=model.config.replace(scan_layers=True))
+        except ValueError:  # a family that cannot scan (ALBERT shares its layers anyway)
+            pass
+        model_or_params = abstract_params(model)
     return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(
         nn.meta.unbox(model_or_params))))
 

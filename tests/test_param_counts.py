@@ -6,30 +6,34 @@ import transformers
 import flaxbert
 from flaxbert.convert.hf import config_to_hf
 from flaxbert.models import registry
-from test_bert_parity import HEADS
-
-BERT_SIZES = [n for n, c in registry.CONFIGS.items() if registry.family_of(c).name == "bert"]
 
 
 def _hf_count(name: str, task: str) -> int:
     config = flaxbert.get_config(name)
-    hf_config = transformers.BertConfig(**{
-        k: v for k, v in config_to_hf(registry.family_of(config), config, "base").items()
-        if k not in ("architectures", "id2label", "label2id")}, num_labels=config.num_labels)
-    with torch.device("meta"):  # shapes only: bert-large costs nothing
-        model = HEADS["base" if task == "embedding" else task](hf_config)
+    family = registry.family_of(config)
+    fields = config_to_hf(family, config, "base")
+    arch = fields.pop("architectures")[0]
+    hf_config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
+    hf_task = "base" if task == "embedding" else task
+    with torch.device("meta"):  # shapes only: the large sizes cost nothing
+        model = getattr(transformers, family.hf.architecture(hf_task))(hf_config)
+    assert arch.startswith(family.hf.class_prefix)
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", BERT_SIZES)
+@pytest.mark.parametrize("name", flaxbert.list_models())
 def test_counts_equal_transformers(name):
-    for task in flaxbert.TASKS:
+    family = registry.family_of(flaxbert.get_config(name))
+    for task in family.task_models:
         ours = flaxbert.count_params(flaxbert.create_model(name, task))
         assert ours == _hf_count(name, task), (name, task)
 
 
 def test_known_published_sizes():
-    # Sizes people quote for these checkpoints (bare model, with pooler).
-    assert flaxbert.count_params(flaxbert.create_model("bert-base-uncased")) == 109_482_240
-    assert flaxbert.count_params(flaxbert.create_model("bert-large-uncased")) == 335_141_888
-    assert flaxbert.count_params(flaxbert.create_model("bert-tiny")) == 4_385_920
+    # Sizes people quote for these checkpoints (bare model).
+    count = lambda name: flaxbert.count_params(flaxbert.create_model(name))  # noqa: E731
+    assert count("bert-base-uncased") == 109_482_240
+    assert count("bert-large-uncased") == 335_141_888
+    assert count("roberta-base") == 124_645_632
+    assert count("distilbert-base-uncased") == 66_362_880
+    assert count("albert-base-v2") == 11_683_584
