@@ -8,8 +8,8 @@ from pathlib import Path
 
 # Files a checkpoint directory may carry for its tokenizer; `convert` copies them along.
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
-                   "special_tokens_map.json", "vocab.json", "merges.txt", "spm.model",
-                   "sentencepiece.bpe.model")
+                   "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
+                   "spm.model", "spiece.model", "sentencepiece.bpe.model")
 
 
 def _convert(args) -> None:
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list registered model names with sizes")
     models.add_argument("--task", default="base", help="count parameters with this head")
     models.set_defaults(run=_models)
+
+    from flaxbert.tokenizer_training import add_train_tokenizer_parser
+    add_train_tokenizer_parser(commands)
     return parser
 
 

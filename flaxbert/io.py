@@ -13,24 +13,29 @@ from pathlib import Path
 def atomic_directory(destination: str | os.PathLike, overwrite: bool = False):
     """Yield a temporary directory beside `destination`; rename it into place on success.
 
-    An existing destination is refused unless overwrite=True, in which case it is replaced only
-    after the new one is complete. On any error the temporary directory is removed.
+    An existing destination (other than an empty directory) is refused unless overwrite=True, in
+    which case it is replaced only after the new one is complete, and put back if the swap fails.
+    On any error the temporary directory is removed.
     """
     dst = Path(destination).absolute()
-    if dst.exists() and not overwrite:
+    if dst.exists() and not (dst.is_dir() and not any(dst.iterdir())) and not overwrite:
         raise FileExistsError(f"destination {dst} already exists; pass overwrite=True "
                               f"(--overwrite on the command line) to replace it")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:
         yield tmp
-        if dst.exists():
-            old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(dst, old)
+        if not os.path.lexists(dst):
             os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-        else:
+            return
+        old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(dst, old)
+        try:
             os.replace(tmp, dst)
+        except BaseException:
+            os.replace(old, dst)
+            raise
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

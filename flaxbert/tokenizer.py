@@ -21,8 +21,6 @@ import dataclasses
 import itertools
 import json
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Sequence
 
@@ -30,6 +28,8 @@ import numpy as np
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, Unigram, WordPiece
+
+from flaxbert.io import atomic_directory
 
 _BERT_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
                   "cls_token": "[CLS]", "mask_token": "[MASK]"}
@@ -74,9 +74,14 @@ def _read_config(directory):
 def _build_from_tokenizer_json(directory, cfg):
     path = os.path.join(directory, "tokenizer.json")
     try:
-        return tokenizers.Tokenizer.from_file(path)
+        tok = tokenizers.Tokenizer.from_file(path)
     except Exception as e:
         raise ValueError(f"cannot load {path}: {e}") from e
+    if tok.post_processor is None:
+        # transformers installs this template when the file has no post-processor; without
+        # it a pair's second text would get token type 0 instead of 1.
+        tok.post_processor = processors.TemplateProcessing(single="$A:0", pair="$A:0 $B:1")
+    return tok
 
 
 def _build_wordpiece(directory, cfg):
@@ -356,8 +361,11 @@ def _unigram_vocab(directory, tokenizer_json, conv):
             pieces, model_path)
 
 
+_SPIECE_UNDERLINE = "\u2581"  # "▁", SentencePiece's word-boundary mark
+
+
 def _metaspace(scheme):
-    return pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme=scheme)
+    return pre_tokenizers.Metaspace(replacement=_SPIECE_UNDERLINE, prepend_scheme=scheme)
 
 
 def _quote_normalizers():
@@ -397,12 +405,12 @@ def _build_convention(directory, kind):
                 unk_id if unk_id is not None else cfg.get("unk_id", 1))
         else:
             unk_id = unk_id if unk_id is not None else cfg.get("unk_id", 0)
-        if not 0 <= unk_id < len(vocab):
+        if not isinstance(unk_id, int) or not 0 <= unk_id < len(vocab):
             raise ValueError(f"unk_id {unk_id} is outside the {len(vocab)}-piece vocabulary")
         tok = tokenizers.Tokenizer(Unigram(vocab, unk_id=unk_id, byte_fallback=False))
         if kind == "deberta":
             # DebertaV2Tokenizer ignores the model's precompiled charsmap (no NFKC) and strips
-            # only on the right; "first" prepends "\u2581" to the first piece only.
+            # only on the right; "first" prepends "▁" to the first piece only.
             norms = [normalizers.Lowercase()] if flags["do_lower_case"] else []
             norms += [normalizers.Replace(Regex(r"\s{2,}|[\n\r\t]"), " "), normalizers.NFC(),
                       normalizers.Strip(left=False, right=True)]
@@ -422,7 +430,7 @@ def _build_convention(directory, kind):
             pre = [pre_tokenizers.WhitespaceSplit(), _metaspace(scheme)]
         tok.normalizer = normalizers.Sequence(norms)
         tok.pre_tokenizer = pre_tokenizers.Sequence(pre)
-        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme=scheme)
+        tok.decoder = decoders.Metaspace(replacement=_SPIECE_UNDERLINE, prepend_scheme=scheme)
 
     if kind == "xlnet" and isinstance(roles["mask_token"], str):
         roles["mask_token"] = AddedToken(roles["mask_token"], lstrip=True, rstrip=False)
@@ -470,7 +478,12 @@ def _build_convention(directory, kind):
 
 
 class Tokenizer:
-    """Thread-safe wrapper around a `tokenizers.Tokenizer` with a transformers-like call."""
+    """Thread-safe wrapper around a `tokenizers.Tokenizer` with a transformers-like call.
+
+    Calls always return token_type_ids (all 0 for RoBERTa; 0 / 1, and 2 for XLNet's final
+    <cls>), as transformers does with return_token_type_ids=True; it leaves them out by
+    default for RoBERTa, ALBERT and XLNet. Padding goes on `padding_side` (left for XLNet).
+    """
 
     def __init__(self, tok: tokenizers.Tokenizer, *, model_max_length=None, padding_side="right",
                  truncation_side="right", **special_tokens):
@@ -494,12 +507,14 @@ class Tokenizer:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_tokenizer(cls, tok, *, model_max_length=None, **special_tokens):
+    def from_tokenizer(cls, tok, *, model_max_length=None, padding_side="right",
+                       truncation_side="right", **special_tokens):
         """Wrap a `tokenizers.Tokenizer`; BERT special tokens are assumed where they exist."""
         for role, default in _BERT_SPECIALS.items():
             if role not in special_tokens and tok.token_to_id(default) is not None:
                 special_tokens[role] = default
-        return cls(tok, model_max_length=model_max_length, **special_tokens)
+        return cls(tok, model_max_length=model_max_length, padding_side=padding_side,
+                   truncation_side=truncation_side, **special_tokens)
 
     @classmethod
     def from_pretrained(cls, path, *, kind=None):
@@ -518,8 +533,12 @@ class Tokenizer:
             raise FileNotFoundError(f"tokenizer directory {directory!r} does not exist")
         cfg = _read_config(directory)
         kind = _resolve_kind(directory, cfg, kind)
-        has = lambda *names: all(os.path.isfile(os.path.join(directory, f)) for f in names)  # noqa: E731
-        if kind is None and not has("tokenizer.json") and not has("vocab.txt") and has("vocab.json", "merges.txt"):
+
+        def has(*names):
+            return all(os.path.isfile(os.path.join(directory, f)) for f in names)
+
+        if kind is None and has("vocab.json", "merges.txt") and not (
+                has("tokenizer.json") or has("vocab.txt")):
             kind = "bpe"  # transformers needs a class name here; the files leave no doubt
         max_len = cfg.get("model_max_length")
         if not isinstance(max_len, int) or max_len > 10**12:
@@ -534,20 +553,21 @@ class Tokenizer:
         for files, build in _BUILDERS:
             if has(*files):
                 specials = {r: cfg[r] for r in _ROLES if isinstance(cfg.get(r), str)}
-                self = cls.from_tokenizer(build(directory, cfg), model_max_length=max_len, **specials)
-                self._padding_side = cfg.get("padding_side", "right")
-                self._truncation_side = cfg.get("truncation_side", "right")
-                if self._padding_side not in ("right", "left") or self._truncation_side not in ("right", "left"):
-                    raise ValueError(f"padding_side / truncation_side in {directory!r} must be 'right' or 'left'")
-                if json.loads(self._tok.to_str())["model"]["type"] == "WordPiece":
-                    self._kind = "wordpiece"
+                tok = build(directory, cfg)
+                self = cls.from_tokenizer(tok, model_max_length=max_len, **specials,
+                                          padding_side=cfg.get("padding_side", "right"),
+                                          truncation_side=cfg.get("truncation_side", "right"))
+                self._kind = "wordpiece" if isinstance(tok.model, WordPiece) else None
                 return self
         spm = [f for f in _SPM_FILES if has(f)]
         if spm:
-            raise ValueError(f"{spm[0]} in {directory!r} is a SentencePiece model but nothing says which "
-                             "convention it follows: set tokenizer_class in tokenizer_config.json "
-                             "(AlbertTokenizer, DebertaV2Tokenizer or XLNetTokenizer) or pass "
-                             "kind='albert', 'deberta' or 'xlnet'")
+            named = cfg.get("tokenizer_class")
+            why = (f"tokenizer_class {named!r} is not one flaxbert rebuilds" if isinstance(named, str)
+                   else "nothing says which convention it follows")
+            raise ValueError(f"{spm[0]} in {directory!r} is a SentencePiece model but {why}: set "
+                             "tokenizer_class in tokenizer_config.json (AlbertTokenizer, "
+                             "DebertaV2Tokenizer or XLNetTokenizer) or pass kind='albert', "
+                             "'deberta' or 'xlnet'")
         wanted = " or ".join("+".join(files) for files, _ in _BUILDERS)
         raise FileNotFoundError(f"no usable tokenizer files in {directory!r}: looked for {wanted}, "
                                 f"vocab.json+merges.txt or {' / '.join(_SPM_FILES)}")
@@ -684,12 +704,10 @@ class Tokenizer:
         names = ("input_ids", "token_type_ids", "attention_mask")
         left = self._padding_side == "left"  # XLNet pads on the left
         if return_tensors is None:
-            if not pad_mode:
-                pad = lambda row, v: row  # noqa: E731
-            elif left:
-                pad = lambda row, v: [v] * (target - len(row)) + row  # noqa: E731
-            else:
-                pad = lambda row, v: row + [v] * (target - len(row))  # noqa: E731
+            def pad(row, v):
+                fill = [v] * (target - len(row)) if pad_mode else []
+                return fill + row if left else row + fill
+
             cols = ([pad(r, self.pad_token_id) for r in ids], [pad(r, 0) for r in types],
                     [pad([1] * len(r), 0) for r in ids])
             return Encoding((n, c[0] if single else c) for n, c in zip(names, cols))
@@ -719,7 +737,8 @@ class Tokenizer:
         """Write the directory atomically: tokenizer.json, tokenizer_config.json and the
         vocabulary files transformers also reads (vocab.txt for WordPiece, vocab.json +
         merges.txt for byte-level BPE, the .model file for SentencePiece)."""
-        write_directory_atomically(directory, self._write, overwrite=overwrite)
+        with atomic_directory(directory, overwrite) as tmp:
+            self._write(str(tmp))
 
     def _write(self, out):
         self._tok.save(os.path.join(out, "tokenizer.json"))
@@ -732,8 +751,6 @@ class Tokenizer:
             cfg["added_tokens_decoder"] = {
                 str(i): {f: getattr(t, f) for f in _ADDED_TOKEN_FIELDS}
                 for i, t in sorted(self._tok.get_added_tokens_decoder().items())}
-            if self._truncation_side != "right":
-                cfg["truncation_side"] = self._truncation_side
             if model["model"]["type"] == "BPE":
                 self._tok.model.save(out)  # vocab.json + merges.txt
             if self._model_file is not None:
@@ -758,42 +775,12 @@ class Tokenizer:
         self._write_config(out, cfg)
 
     def _write_config(self, out, cfg):
+        if self._truncation_side != "right":
+            cfg["truncation_side"] = self._truncation_side
         if self._model_max_length is not None:
             cfg["model_max_length"] = self._model_max_length
         with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
             json.dump(cfg, f, indent=2, ensure_ascii=False)
-
-
-def write_directory_atomically(directory, write, *, overwrite=False):
-    """Call write(tmp) on a fresh directory beside `directory`, then rename it into place.
-
-    An existing non-empty `directory` is refused unless overwrite=True; it is replaced only
-    once everything was written, so a failure leaves either the old or the new one.
-    """
-    dest = os.path.abspath(os.fspath(directory))
-    if os.path.exists(dest) and not (os.path.isdir(dest) and not os.listdir(dest)) and not overwrite:
-        raise FileExistsError(f"{dest} already exists and is not empty; pass overwrite=True")
-    parent = os.path.dirname(dest)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dest)}.tmp-")
-    try:
-        write(tmp)
-        if not os.path.lexists(dest):
-            os.rename(tmp, dest)
-            return
-        # Move the old one aside first so a failed swap can put it back.
-        old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dest)}.old-")
-        os.rename(dest, os.path.join(old, "x"))
-        try:
-            os.rename(tmp, dest)
-        except BaseException:
-            os.rename(os.path.join(old, "x"), dest)
-            os.rmdir(old)
-            raise
-        shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _copy_tokenizer(tok):

@@ -10,7 +10,6 @@ import transformers
 from safetensors.numpy import load_file
 
 import flaxbert
-from flaxbert.convert.hf import hf_state_dict
 from test_parity import TOL, compare, inputs, saved, torch_outputs  # noqa: F401 (fixture)
 
 

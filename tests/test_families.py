@@ -9,7 +9,7 @@ import transformers
 import flaxbert
 from flaxbert.models.distilbert import student_from_teacher
 from flaxbert.models.electra import ElectraPair
-from test_parity import compare, saved  # noqa: F401 (fixture)
+from test_parity import saved  # noqa: F401 (fixture)
 
 
 def test_roberta_positions_skip_padding_and_limit_length():

@@ -83,7 +83,12 @@ class Backbone(nn.Module):
 
 
 class TaskModel(nn.Module):
-    """Builds the family's backbone under the name `backbone` and runs it."""
+    """Runs the family's backbone (named `backbone`), then the task's `head`.
+
+    Subclasses write only `head(backbone, out, attention_mask, deterministic, **head_inputs)`,
+    returning a dict of outputs; extra keyword arguments of `__call__` (e.g. masked_positions)
+    go to it.
+    """
 
     config: EncoderConfig
     shared_embeddings: nn.Module | None = None  # see Backbone
@@ -91,16 +96,27 @@ class TaskModel(nn.Module):
     backbone_cls: ClassVar[type[Backbone]] = Backbone
     task: ClassVar[str] = "base"
     uses_pooler: ClassVar[bool] = True
-    input_rank: ClassVar[int] = 2
+    input_rank: ClassVar[int] = 2  # 3 for multiple choice: (batch, num_choices, length)
 
-    def encode(self, input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-               output_hidden_states, output_attentions) -> tuple[Backbone, Output]:
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
+                 deterministic=True, output_hidden_states=False, output_attentions=False,
+                 **head_inputs) -> Output:
+        inputs = (input_ids, attention_mask, token_type_ids, position_ids)
+        if self.input_rank == 3:  # fold the choices into the batch
+            check_tokens(self.config, *inputs, rank=3)
+            inputs = tuple(None if x is None else x.reshape(-1, x.shape[-1]) for x in inputs)
         backbone = self.backbone_cls(self.config, deterministic, add_pooling_layer=self.uses_pooler,
                                      shared_embeddings=self.shared_embeddings, name="backbone")
-        out = backbone(input_ids, attention_mask, token_type_ids, position_ids,
-                       output_hidden_states=output_hidden_states,
+        out = backbone(*inputs, output_hidden_states=output_hidden_states,
                        output_attentions=output_attentions)
-        return backbone, out
+        result = self.head(backbone, out, inputs[1], deterministic, **head_inputs)
+        if self.input_rank == 3:
+            result["logits"] = result["logits"].reshape(input_ids.shape[:2])
+        return Output(**result, hidden_states=out.hidden_states, attentions=out.attentions)
+
+    def head(self, backbone, out: Output, attention_mask, deterministic) -> dict:
+        raise NotImplementedError
 
     def dummy_inputs(self, batch_size: int = 1, length: int = 8) -> dict:
         """Inputs of the right rank for init / eval_shape."""
@@ -108,20 +124,13 @@ class TaskModel(nn.Module):
         return {"input_ids": jnp.zeros(shape, jnp.int32)}
 
 
-def _trunk(out: Output) -> dict:
-    return dict(hidden_states=out.hidden_states, attentions=out.attentions)
-
-
 class EncoderModel(TaskModel):
     """The bare backbone: last_hidden_state, pooler_output (transformers' `<Family>Model`)."""
 
     task: ClassVar[str] = "base"
 
-    @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 deterministic=True, output_hidden_states=False, output_attentions=False):
-        return self.encode(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-                           output_hidden_states, output_attentions)[1]
+    def head(self, backbone, out, attention_mask, deterministic):
+        return dict(last_hidden_state=out.last_hidden_state, pooler_output=out.pooler_output)
 
 
 class ForMaskedLM(TaskModel):
@@ -137,14 +146,8 @@ class ForMaskedLM(TaskModel):
         return self.mlm_head_cls(self.config, name="mlm_head")(hidden,
                                                                backbone.word_embedding_table())
 
-    @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 masked_positions=None, deterministic=True, output_hidden_states=False,
-                 output_attentions=False):
-        backbone, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                                    deterministic, output_hidden_states, output_attentions)
-        logits = self.mlm_logits(backbone, out.last_hidden_state, masked_positions)
-        return Output(logits=logits, **_trunk(out))
+    def head(self, backbone, out, attention_mask, deterministic, masked_positions=None):
+        return dict(logits=self.mlm_logits(backbone, out.last_hidden_state, masked_positions))
 
 
 class ForPreTraining(ForMaskedLM):
@@ -157,27 +160,17 @@ class ForPreTraining(ForMaskedLM):
     def pair_logits(self, pooled, deterministic):
         return Classifier(self.config, 2, name="nsp_head")(pooled)
 
-    @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 masked_positions=None, deterministic=True, output_hidden_states=False,
-                 output_attentions=False):
-        backbone, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                                    deterministic, output_hidden_states, output_attentions)
-        return Output(prediction_logits=self.mlm_logits(backbone, out.last_hidden_state,
-                                                         masked_positions),
-                      **{self.pair_output: self.pair_logits(out.pooler_output, deterministic)},
-                      **_trunk(out))
+    def head(self, backbone, out, attention_mask, deterministic, masked_positions=None):
+        return {"prediction_logits": self.mlm_logits(backbone, out.last_hidden_state,
+                                                     masked_positions),
+                self.pair_output: self.pair_logits(out.pooler_output, deterministic)}
 
 
 class ForNextSentencePrediction(ForPreTraining):
     task: ClassVar[str] = "next-sentence"
 
-    @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 deterministic=True, output_hidden_states=False, output_attentions=False):
-        _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                             deterministic, output_hidden_states, output_attentions)
-        return Output(logits=self.pair_logits(out.pooler_output, deterministic), **_trunk(out))
+    def head(self, backbone, out, attention_mask, deterministic):
+        return dict(logits=self.pair_logits(out.pooler_output, deterministic))
 
 
 class ForSequenceClassification(TaskModel):
@@ -186,29 +179,19 @@ class ForSequenceClassification(TaskModel):
     task: ClassVar[str] = "sequence-classification"
     head_cls: ClassVar[Any] = PooledClassifier
 
-    @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 deterministic=True, output_hidden_states=False, output_attentions=False):
-        _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                             deterministic, output_hidden_states, output_attentions)
-        logits = self.head_cls(self.config, self.config.num_labels, deterministic,
-                               name="classifier")(out)
-        return Output(logits=logits, **_trunk(out))
+    def head(self, backbone, out, attention_mask, deterministic):
+        return dict(logits=self.head_cls(self.config, self.config.num_labels, deterministic,
+                                         name="classifier")(out))
 
 
 class ForTokenClassification(TaskModel):
     task: ClassVar[str] = "token-classification"
     uses_pooler: ClassVar[bool] = False
 
-    @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 deterministic=True, output_hidden_states=False, output_attentions=False):
-        _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                             deterministic, output_hidden_states, output_attentions)
+    def head(self, backbone, out, attention_mask, deterministic):
         cfg = self.config
-        logits = Classifier(cfg, cfg.num_labels, deterministic, cfg.classifier_dropout_prob,
-                            name="token_classifier")(out.last_hidden_state)
-        return Output(logits=logits, **_trunk(out))
+        return dict(logits=Classifier(cfg, cfg.num_labels, deterministic, cfg.classifier_dropout_prob,
+                                      name="token_classifier")(out.last_hidden_state))
 
 
 class ForQuestionAnswering(TaskModel):
@@ -217,15 +200,11 @@ class ForQuestionAnswering(TaskModel):
     task: ClassVar[str] = "question-answering"
     uses_pooler: ClassVar[bool] = False
 
-    @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 deterministic=True, output_hidden_states=False, output_attentions=False):
-        _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                             deterministic, output_hidden_states, output_attentions)
+    def head(self, backbone, out, attention_mask, deterministic):
         rate = getattr(self.config, "qa_dropout", None)  # DistilBERT drops out before the span head
         logits = Classifier(self.config, 2, deterministic, rate,
                             name="qa_outputs")(out.last_hidden_state)
-        return Output(start_logits=logits[..., 0], end_logits=logits[..., 1], **_trunk(out))
+        return dict(start_logits=logits[..., 0], end_logits=logits[..., 1])
 
 
 class ForMultipleChoice(TaskModel):
@@ -235,20 +214,9 @@ class ForMultipleChoice(TaskModel):
     input_rank: ClassVar[int] = 3
     head_cls: ClassVar[Any] = PooledClassifier
 
-    @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 deterministic=True, output_hidden_states=False, output_attentions=False):
-        check_tokens(self.config, input_ids, attention_mask, token_type_ids, position_ids, rank=3)
-        batch, choices, length = input_ids.shape
-
-        def flat(x):
-            return None if x is None else x.reshape(batch * choices, length)
-
-        _, out = self.encode(flat(input_ids), flat(attention_mask), flat(token_type_ids),
-                             flat(position_ids), deterministic, output_hidden_states,
-                             output_attentions)
-        logits = self.head_cls(self.config, 1, deterministic, name="choice_classifier")(out)
-        return Output(logits=logits.reshape(batch, choices), **_trunk(out))
+    def head(self, backbone, out, attention_mask, deterministic):
+        return dict(logits=self.head_cls(self.config, 1, deterministic,
+                                         name="choice_classifier")(out))
 
 
 class ForSentenceEmbedding(TaskModel):
@@ -256,16 +224,13 @@ class ForSentenceEmbedding(TaskModel):
 
     task: ClassVar[str] = "embedding"
 
-    @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 deterministic=True, output_hidden_states=False, output_attentions=False):
-        _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                             deterministic, output_hidden_states, output_attentions)
-        mask = jnp.ones(input_ids.shape, jnp.int32) if attention_mask is None else attention_mask
-        emb = pool(out.last_hidden_state, mask, self.config.pooling)
+    def head(self, backbone, out, attention_mask, deterministic):
+        hidden = out.last_hidden_state
+        mask = jnp.ones(hidden.shape[:2], jnp.int32) if attention_mask is None else attention_mask
+        emb = pool(hidden, mask, self.config.pooling)
         if self.config.normalize_embeddings:
             emb = l2_normalize(emb)
-        return Output(embeddings=emb, last_hidden_state=out.last_hidden_state, **_trunk(out))
+        return dict(embeddings=emb, last_hidden_state=hidden)
 
 
 GENERIC_TASKS: dict[str, type[TaskModel]] = {

@@ -56,13 +56,9 @@ class ElectraForPreTraining(base.TaskModel):
     task: ClassVar[str] = "pretraining"
     uses_pooler: ClassVar[bool] = False
 
-    @nn.compact
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 deterministic=True, output_hidden_states=False, output_attentions=False):
-        _, out = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
-                             deterministic, output_hidden_states, output_attentions)
-        logits = DiscriminatorHead(self.config, name="discriminator_head")(out.last_hidden_state)
-        return Output(logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+    def head(self, backbone, out, attention_mask, deterministic):
+        return dict(logits=DiscriminatorHead(self.config, name="discriminator_head")(
+            out.last_hidden_state))
 
 
 _NO_POOLER = {"uses_pooler": False}
