@@ -27,12 +27,14 @@ def _convert(args) -> None:
 def _models(args) -> None:
     import flaxbert
     from flaxbert.models import registry
-    print(f"{'name':<24} {'family':<10} {'layers':>6} {'hidden':>6} {'heads':>5} {'params':>14}")
+    print(f"{'name':<28} {'family':<10} {'layers':>6} {'hidden':>6} {'heads':>5} {'params':>14}")
     for name in flaxbert.list_models():
         c = flaxbert.get_config(name)
-        n = flaxbert.count_params(flaxbert.create_model(c, args.task))
-        print(f"{name:<24} {registry.family_of(c).name:<10} {c.num_hidden_layers:>6} "
-              f"{c.hidden_size:>6} {c.num_attention_heads:>5} {n:>14,}")
+        family = registry.family_of(c)
+        n = (f"{flaxbert.count_params(family.model(args.task, c)):,}"
+             if args.task in family.task_models else "-")
+        print(f"{name:<28} {family.name:<10} {c.num_hidden_layers:>6} "
+              f"{c.hidden_size:>6} {c.num_attention_heads:>5} {n:>14}")
 
 
 def build_parser() -> argparse.ArgumentParser:
