@@ -4,12 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 import transformers
 
 import flaxbert
 from flaxbert.models.distilbert import student_from_teacher
 from flaxbert.models.electra import ElectraPair
-from test_parity import saved  # noqa: F401 (fixture)
+from test_parity import compare, saved  # noqa: F401 (fixture)
 
 
 def test_roberta_positions_skip_padding_and_limit_length():
@@ -135,3 +136,63 @@ def test_electra_pair_rejects_unshareable_configs():
 def test_albert_refuses_scan():
     with pytest.raises(ValueError, match="scan_layers does not apply to ALBERT"):
         flaxbert.get_config("albert-tiny", scan_layers=True)
+
+
+def test_deberta_relative_positions_match_transformers():
+    from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
+    from flaxbert.models.deberta import relative_positions
+    for length, buckets, max_position in ((11, -1, -1), (11, 8, 64), (600, 256, 512),
+                                          (130, 256, 512), (64, 32, 128)):
+        x = torch.zeros(1, length, 4)
+        ref = build_relative_position(x, x, bucket_size=buckets, max_position=max_position)[0]
+        np.testing.assert_array_equal(relative_positions(length, buckets, max_position), ref.numpy())
+
+
+def test_deberta_runs_past_512_tokens_without_absolute_positions():
+    model = flaxbert.create_model("deberta-v3-tiny", vocab_size=99)
+    params = flaxbert.init_params(model)
+    out = model.apply({"params": params}, np.full((1, 600), 5))
+    assert out.last_hidden_state.shape == (1, 600, 128)
+    assert np.isfinite(np.asarray(out.last_hidden_state)).all()
+
+
+def test_deberta_new_style_mlm_head_matches_transformers(tmp_path):
+    from test_parity import CASES
+    _, kwargs, _, _ = CASES["deberta-v3"]
+    torch.manual_seed(0)
+    hf = transformers.DebertaV2ForMaskedLM(transformers.DebertaV2Config(
+        **kwargs, legacy=False, attn_implementation="eager")).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    assert any(k.startswith("lm_predictions.") for k in hf.state_dict())
+    model, params = flaxbert.from_pretrained(tmp_path / "hf")
+    errors = compare(model, params, hf, "deberta-v3", "masked-lm")
+    assert max(errors.values()) <= 1e-4, errors
+    flaxbert.save_pretrained(tmp_path / "back", model, params)
+    _, info = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "back",
+                                                                output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_deberta_replaced_token_detection_head(tmp_path):
+    model = flaxbert.create_model("deberta-v3-tiny", "pretraining", vocab_size=99)
+    params = flaxbert.init_params(model)
+    base_count = flaxbert.count_params(flaxbert.create_model("deberta-v3-tiny", vocab_size=99))
+    assert flaxbert.count_params(params) == base_count + 128 * 128 + 128 + 128 + 1
+    ids = np.array([[1, 5, 6, 7, 2, 0]])
+    mask = np.array([[1, 1, 1, 1, 1, 0]])
+    logits = model.apply({"params": params}, ids, mask).logits
+    assert logits.shape == (1, 6)
+    flaxbert.save_pretrained(tmp_path / "rtd", model, params)
+    again, params2 = flaxbert.from_pretrained(tmp_path / "rtd")
+    assert again.task == "pretraining"
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(params2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # transformers has no class for the head: its bare model loads the backbone, skipping only it.
+    hf, info = transformers.AutoModel.from_pretrained(tmp_path / "rtd", output_loading_info=True)
+    assert not info["missing_keys"]
+    assert info["unexpected_keys"] and all("mask_predictions" in k for k in info["unexpected_keys"])
+    with torch.no_grad():
+        hidden = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
+    ours = flaxbert.create_model("deberta-v3-tiny", vocab_size=99).apply(
+        {"params": {"backbone": params["backbone"]}}, ids, mask).last_hidden_state
+    np.testing.assert_allclose(np.asarray(ours), hidden.numpy(), atol=1e-4)

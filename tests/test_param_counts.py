@@ -25,6 +25,8 @@ def _hf_count(name: str, task: str) -> int:
 def test_counts_equal_transformers(name):
     family = registry.family_of(flaxbert.get_config(name))
     for task in family.task_models:
+        if not hasattr(transformers, family.hf.architecture("base" if task == "embedding" else task)):
+            continue  # DeBERTa-v3's RTD head has no transformers class (test_families counts it)
         ours = flaxbert.count_params(flaxbert.create_model(name, task))
         assert ours == _hf_count(name, task), (name, task)
 

@@ -196,8 +196,9 @@ def config_from_hf(family: registry.Family, hf_config: dict, **overrides) -> Enc
 def config_to_hf(family: registry.Family, config: EncoderConfig, task: str) -> dict:
     out = {"architectures": [family.hf.architecture(task)], "model_type": family.hf.model_type}
     to_hf_name = {ours: theirs for theirs, ours in family.hf.config_renames}
+    # None means "transformers' default" on our side; transformers reads a written null as None.
     out.update({to_hf_name.get(k, k): v for k, v in config.to_dict().items()
-                if k not in FLAXBERT_FIELDS})
+                if k not in FLAXBERT_FIELDS and v is not None})
     labels = config.id2label or tuple(f"LABEL_{i}" for i in range(config.num_labels))
     out["id2label"] = {str(i): label for i, label in enumerate(labels)}
     out["label2id"] = {label: i for i, label in enumerate(labels)}
@@ -227,42 +228,57 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
 
 
 class _Leaf:
-    """One flax parameter and its transformers counterpart."""
+    """One flax parameter and its transformers counterpart.
 
-    def __init__(self, path, shape, hf_key, in_dims):
-        self.path, self.shape, self.hf_key, self.in_dims = path, tuple(shape), hf_key, in_dims
+    A Dense kernel (in..., out...) is torch's (out, in) weight transposed, flattened where the
+    flax side splits heads (`in_dims` input axes); a bias is flattened; a weight with a declared
+    `permutation` (a conv kernel) is transposed by it; anything else is copied as is.
+    """
+
+    def __init__(self, path, shape, hf_key, in_dims=0, permutation=None):
+        self.path, self.shape, self.hf_key = path, tuple(shape), hf_key
+        self.in_dims, self.permutation = in_dims, permutation
 
     @property
     def hf_shape(self) -> tuple[int, ...]:
-        if self.in_dims:  # Dense kernel (in..., out...) -> torch weight (out, in)
+        if self.permutation:
+            return tuple(self.shape[i] for i in self.permutation)
+        if self.in_dims:
             return (math.prod(self.shape[self.in_dims:]), math.prod(self.shape[:self.in_dims]))
         if self.path[-1] == "bias":
             return (math.prod(self.shape),)
         return self.shape
 
     def to_flax(self, hf: np.ndarray) -> np.ndarray:
+        if self.permutation:
+            return hf.transpose(np.argsort(self.permutation))
         return hf.T.reshape(self.shape) if self.in_dims else hf.reshape(self.shape)
 
     def to_hf(self, value: np.ndarray) -> np.ndarray:
+        if self.permutation:
+            return value.transpose(self.permutation)
         if self.in_dims:
             return value.reshape(self.hf_shape[::-1]).T
         return value.reshape(self.hf_shape)
 
 
-def _leaves(family: registry.Family, abstract_params: dict, base: str) -> list[_Leaf]:
+def _leaves(family: registry.Family, abstract_params: dict, base: str,
+            config: EncoderConfig | None = None) -> list[_Leaf]:
     """Map every (unrolled) flax parameter to its transformers key."""
     flat = dict(_flatten(abstract_params))
     leaves = []
     for path, value in flat.items():
         if path[-1] not in _LEAF_NAMES:
             raise KeyError(f"no transformers leaf name for parameter {'/'.join(path)}")
-        module = family.hf.module_name("/".join(path[:-1]), base) if len(path) > 1 else ""
+        module = (family.hf.module_name("/".join(path[:-1]), base, config)
+                  if len(path) > 1 else "")
         hf_key = f"{module}.{_LEAF_NAMES[path[-1]]}" if module else _LEAF_NAMES[path[-1]]
+        permutation = family.hf.layout("/".join(path))
         in_dims = 0
-        if path[-1] == "kernel":
+        if path[-1] == "kernel" and permutation is None:
             bias = flat.get(path[:-1] + ("bias",))
             in_dims = value.ndim - (bias.ndim if bias is not None else 1)
-        leaves.append(_Leaf(path, value.shape, hf_key, in_dims))
+        leaves.append(_Leaf(path, value.shape, hf_key, in_dims, permutation))
     return leaves
 
 
@@ -349,7 +365,7 @@ def params_from_tensors(model: nn.Module, tensors, saved_task: str, source: str,
     prefix = family.hf.base_prefix + "."
     base = prefix if any(k.startswith(prefix) for k in tensors.keys()) else ""
     flat, missing, used = {}, [], set()
-    for leaf in _leaves(family, abstract_params(_unrolled(model)), base):
+    for leaf in _leaves(family, abstract_params(_unrolled(model)), base, config):
         if leaf.hf_key not in tensors:
             missing.append(leaf)
             continue
@@ -417,7 +433,7 @@ def hf_state_dict(model: nn.Module, params: dict) -> dict[str, np.ndarray]:
     base = "" if arch == family.hf.class_prefix + "Model" else family.hf.base_prefix + "."
     flat = dict(_flatten(params))
     out = {}
-    for leaf in _leaves(family, abstract_params(_unrolled(model)), base):
+    for leaf in _leaves(family, abstract_params(_unrolled(model)), base, model.config):
         out[leaf.hf_key] = leaf.to_hf(np.asarray(jax.device_get(flat[leaf.path])))
     return out
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,16 +26,30 @@ class HFSpec:
     head_prefixes: tuple[str, ...] = ()
     # (transformers config field, our field) where the names differ (DistilBERT's dim, ...).
     config_renames: tuple[tuple[str, str], ...] = ()
+    # (regex on a flax parameter path, axis permutation flax -> torch) for weights that are not
+    # Dense kernels, e.g. a Conv1d kernel: flax (width, in, out) -> torch (out, in, width).
+    layouts: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # Rules that depend on the config (DeBERTa's legacy MLM head names), tried first.
+    config_rules: Callable[[object], tuple[tuple[str, str], ...]] | None = None
     # config.json fields whose other values we do not implement: (field, allowed values).
     config_requirements: tuple[tuple[str, tuple], ...] = ()
 
-    def module_name(self, flax_module_path: str, base: str) -> str:
-        for pattern, template in self.rules:
+    def module_name(self, flax_module_path: str, base: str, config=None) -> str:
+        rules = self.rules
+        if self.config_rules is not None and config is not None:
+            rules = self.config_rules(config) + rules
+        for pattern, template in rules:
             m = re.fullmatch(pattern, flax_module_path)
             if m:
                 return m.expand(template.replace("{base}", base))
         raise KeyError(f"no transformers name for flax module {flax_module_path!r} "
                        f"in the {self.model_type} naming rules")
+
+    def layout(self, flax_param_path: str) -> tuple[int, ...] | None:
+        for pattern, permutation in self.layouts:
+            if re.fullmatch(pattern, flax_param_path):
+                return permutation
+        return None
 
     def is_ignored(self, hf_key: str) -> bool:
         return any(re.fullmatch(p, hf_key) for p in self.ignore)

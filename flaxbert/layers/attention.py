@@ -39,29 +39,37 @@ def cudnn_unavailable_reason(dtype) -> str | None:
 
 
 def dot_product_attention(query, key, value, *, mask=None, bias=None, impl: str = "xla",
-                          dropout_rate: float = 0.0, dropout_rng=None, return_probs: bool = False):
+                          scale: float | None = None, dropout_rate: float = 0.0, dropout_rng=None,
+                          return_probs: bool = False):
     """Scaled dot-product attention.
 
     query: (batch, q_len, heads, head_dim); key, value: (batch, kv_len, heads, head_dim).
-    mask: (batch, kv_len), 1 where a key may be attended. bias: broadcastable to
-    (batch, heads, q_len, kv_len), added to the scores. Dropout applies to the probabilities when
-    `dropout_rng` is given. Returns (context like query, probabilities or None).
+    mask: (batch, kv_len), 1 where a key may be attended, or (xla only) a full mask
+    broadcastable to (batch, heads, q_len, kv_len). bias: broadcastable to
+    (batch, heads, q_len, kv_len), added to the scaled scores. scale: default head_dim ** -0.5.
+    Dropout applies to the probabilities when `dropout_rng` is given. Returns (context like
+    query, probabilities or None).
     """
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
     if impl == "cudnn":
         if return_probs:
             raise ValueError("attention probabilities need attention_impl='xla'; cuDNN does not "
                              "materialise them")
-        return _cudnn_attention(query, key, value, mask, bias, dropout_rate, dropout_rng), None
+        if mask is not None and mask.ndim != 2:
+            raise ValueError("cuDNN attention takes a (batch, kv_len) padding mask, got shape "
+                             f"{mask.shape}; use attention_impl='xla' for full masks")
+        return _cudnn_attention(query, key, value, mask, bias, scale, dropout_rate,
+                                dropout_rng), None
     if impl != "xla":
         raise ValueError(f"unknown attention implementation {impl!r}; use 'xla' or 'cudnn'")
 
-    scale = query.shape[-1] ** -0.5
     scores = jnp.einsum("btnh,bsnh->bnts", query * jnp.asarray(scale, query.dtype), key)
     scores = scores.astype(jnp.float32)
     if bias is not None:
         scores = scores + bias.astype(jnp.float32)
     if mask is not None:
-        scores = jnp.where(mask[:, None, None, :].astype(bool), scores, jnp.finfo(jnp.float32).min)
+        full = mask[:, None, None, :] if mask.ndim == 2 else mask
+        scores = jnp.where(full.astype(bool), scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(query.dtype)
     if dropout_rng is not None and dropout_rate > 0.0:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
@@ -72,7 +80,7 @@ def dot_product_attention(query, key, value, *, mask=None, bias=None, impl: str 
     return context, (probs if return_probs else None)
 
 
-def _cudnn_attention(query, key, value, mask, bias, dropout_rate, dropout_rng):
+def _cudnn_attention(query, key, value, mask, bias, scale, dropout_rate, dropout_rng):
     reason = cudnn_unavailable_reason(query.dtype)
     if reason is not None:
         _warn_once(f"{reason}; using XLA's implementation of the same masked attention instead.")
@@ -87,7 +95,7 @@ def _cudnn_attention(query, key, value, mask, bias, dropout_rate, dropout_rng):
         positions = jnp.arange(mask.shape[-1], dtype=jnp.int32)
         right_padded = jnp.all(mask == (positions[None, :] < lengths[:, None]), axis=-1)
     out = jax.nn.dot_product_attention(
-        query, key, value, bias=bias, key_value_seq_lengths=lengths,
+        query, key, value, bias=bias, key_value_seq_lengths=lengths, scale=scale,
         implementation="cudnn" if reason is None else "xla")
     if mask is not None:
         # A mask with holes cannot be expressed as lengths: make such rows loudly wrong (NaN).
@@ -95,42 +103,65 @@ def _cudnn_attention(query, key, value, mask, bias, dropout_rate, dropout_rng):
     return out
 
 
+def head_projection(cfg: EncoderConfig, name: str, heads: int, head_dim: int, *,
+                    into_heads: bool = True) -> nn.Einsum:
+    """hidden -> (heads, head_dim) (or back, into_heads=False) with logical axes.
+
+    nn.Einsum initialises the kernel at its full (heads, head_dim) shape, so its logical axes hold
+    at init under a mesh (DenseGeneral initialises a flattened 2-D kernel).
+    """
+    init = nn.initializers.normal(cfg.initializer_range)
+    if into_heads:
+        shape, equation = (cfg.hidden_size, heads, head_dim), "bse,enh->bsnh"
+        kernel_axes, bias_axes = ("embed", "heads", "kv"), ("heads", "kv")
+    else:
+        shape, equation = (heads, head_dim, cfg.hidden_size), "bsnh,nhe->bse"
+        kernel_axes, bias_axes = ("heads", "kv", "embed"), ("embed",)
+    return nn.Einsum(shape, equation, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
+                     name=name, kernel_init=sharding.param_init(init, kernel_axes),
+                     bias_init=sharding.param_init(nn.initializers.zeros, bias_axes))
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention: q/k/v projections to (heads, head_dim), attention, output projection."""
+    """Multi-head self-attention: q/k/v projections to (heads, head_dim), attention, output
+    projection. Families with position terms (DeBERTa) override `heads`, `scale` and `bias`;
+    extra positional call arguments reach `bias`."""
 
     config: EncoderConfig
     deterministic: bool = True
 
+    @property
+    def heads(self) -> tuple[int, int]:
+        return self.config.num_attention_heads, self.config.head_dim
+
+    def scale(self) -> float:
+        return self.heads[1] ** -0.5
+
+    def bias(self, query, key, *extra):
+        """Additive score bias (batch, heads, q_len, kv_len), or None."""
+        return None
+
+    def expand_mask(self, mask, impl: str):
+        """The mask the attention function gets; (batch, kv_len) marks padded keys."""
+        return mask
+
     @nn.compact
-    def __call__(self, x, mask, *, output_attentions: bool = False, bias=None):
+    def __call__(self, x, mask, *extra, output_attentions: bool = False):
         cfg = self.config
-        init = nn.initializers.normal(cfg.initializer_range)
-        heads, head_dim, width = cfg.num_attention_heads, cfg.head_dim, cfg.hidden_size
-
-        def projection(name, shape, equation, kernel_axes, bias_axes):
-            # nn.Einsum initialises the kernel at its full (heads, head_dim) shape, so its logical
-            # axes hold at init under a mesh (DenseGeneral initialises a flattened 2-D kernel).
-            return nn.Einsum(shape, equation, dtype=cfg.compute_dtype,
-                             param_dtype=cfg.weights_dtype, name=name,
-                             kernel_init=sharding.param_init(init, kernel_axes),
-                             bias_init=sharding.param_init(nn.initializers.zeros, bias_axes))
-
-        def to_heads(name):
-            return projection(name, (width, heads, head_dim), "bse,enh->bsnh",
-                              ("embed", "heads", "kv"), ("heads", "kv"))
-
-        query = sharding.constrain(to_heads("query")(x), sharding.HEADS)
-        key = sharding.constrain(to_heads("key")(x), sharding.HEADS)
-        value = sharding.constrain(to_heads("value")(x), sharding.HEADS)
+        heads, head_dim = self.heads
+        query = sharding.constrain(head_projection(cfg, "query", heads, head_dim)(x), sharding.HEADS)
+        key = sharding.constrain(head_projection(cfg, "key", heads, head_dim)(x), sharding.HEADS)
+        value = sharding.constrain(head_projection(cfg, "value", heads, head_dim)(x), sharding.HEADS)
 
         rate = cfg.attention_probs_dropout_prob
         rng = None if self.deterministic or rate == 0.0 else self.make_rng("dropout")
         # Probabilities exist only in the reference implementation.
         impl = "xla" if output_attentions else cfg.attention_impl
+        mask = None if mask is None else self.expand_mask(mask, impl)
         context, probs = dot_product_attention(
-            query, key, value, mask=mask, bias=bias, impl=impl, dropout_rate=rate,
-            dropout_rng=rng, return_probs=output_attentions)
+            query, key, value, mask=mask, bias=self.bias(query, key, *extra), impl=impl,
+            scale=self.scale(), dropout_rate=rate, dropout_rng=rng,
+            return_probs=output_attentions)
         context = sharding.constrain(context, sharding.HEADS)
-        out = projection("out", (heads, head_dim, width), "bsnh,nhe->bse",
-                         ("heads", "kv", "embed"), ("embed",))(context)
+        out = head_projection(cfg, "out", heads, head_dim, into_heads=False)(context)
         return sharding.constrain(out, sharding.HIDDEN), probs

@@ -43,10 +43,10 @@ class TransformerBlock(nn.Module):
     attention: type[nn.Module] = SelfAttention
 
     @nn.compact
-    def __call__(self, x, mask):
+    def __call__(self, x, mask, *attention_args):
         cfg = self.config
         attn, probs = self.attention(cfg, self.deterministic, name="attention")(
-            x, mask, output_attentions=self.output_attentions)
+            x, mask, *attention_args, output_attentions=self.output_attentions)
         attn = checkpoint_name(attn, "attention_out")
         attn = nn.Dropout(cfg.hidden_dropout_prob, deterministic=self.deterministic)(attn)
         x = layer_norm(cfg, "attention_norm")(x + attn)
@@ -57,35 +57,55 @@ class TransformerBlock(nn.Module):
 
 class Encoder(nn.Module):
     """`num_hidden_layers` blocks. Unrolled blocks are named layers_0..; scanned ones share `layers`
-    with a leading `layers` axis on every parameter (see `stack_layers` / `unstack_layers`)."""
+    with a leading `layers` axis on every parameter (see `stack_layers` / `unstack_layers`).
+
+    Extra positional arguments go to every block's attention (DeBERTa's relative positions).
+    Families may override `after_layer` (unrolled stacks only).
+    """
 
     config: EncoderConfig
     deterministic: bool = True
     block: type[nn.Module] = TransformerBlock
 
+    def after_layer(self, index: int, encoder_input, x, mask):
+        return x
+
+    def works_between_layers(self) -> bool:
+        """True when `after_layer` does something for this config (then the stack can't scan)."""
+        return False
+
     @nn.compact
     def __call__(self, x, mask, *, output_hidden_states: bool = False,
                  output_attentions: bool = False):
+        return self.stack(x, mask, output_hidden_states=output_hidden_states,
+                          output_attentions=output_attentions)
+
+    def stack(self, x, mask, *attention_args, output_hidden_states: bool = False,
+              output_attentions: bool = False):
+        """The layer loop; families with their own `__call__` (DeBERTa) call it with extras."""
         cfg = self.config
         block = rematerialised(self.block, cfg)
         kwargs = dict(deterministic=self.deterministic, output_attentions=output_attentions,
                       collect_hidden=output_hidden_states)
         if cfg.scan_layers:
+            if self.works_between_layers():
+                raise ValueError(f"{type(self).__name__} runs code between layers; "
+                                 "scan_layers=True cannot express that")
             stack = nn.scan(
                 block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast,), length=cfg.num_hidden_layers,
+                in_axes=(nn.broadcast,) * (1 + len(attention_args)), length=cfg.num_hidden_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"})
-            x, (hidden, probs) = stack(cfg, name="layers", **kwargs)(x, mask)
-            hidden = None if hidden is None else tuple(hidden)
-            probs = None if probs is None else tuple(probs)
-        else:
-            outs = []
-            for i in range(cfg.num_hidden_layers):
-                x, out = block(cfg, name=f"layers_{i}", **kwargs)(x, mask)
-                outs.append(out)
-            hidden = tuple(o[0] for o in outs) if output_hidden_states else None
-            probs = tuple(o[1] for o in outs) if output_attentions else None
-        return x, hidden, probs
+            x, (hidden, probs) = stack(cfg, name="layers", **kwargs)(x, mask, *attention_args)
+            return (x, None if hidden is None else tuple(hidden),
+                    None if probs is None else tuple(probs))
+        encoder_input, hidden, probs = x, [], []
+        for i in range(cfg.num_hidden_layers):
+            x, (_, p) = block(cfg, name=f"layers_{i}", **kwargs)(x, mask, *attention_args)
+            x = self.after_layer(i, encoder_input, x, mask)
+            hidden.append(x)
+            probs.append(p)
+        return (x, tuple(hidden) if output_hidden_states else None,
+                tuple(probs) if output_attentions else None)
 
 
 _LAYER = re.compile(r"layers_(\d+)$")

@@ -27,6 +27,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("positions", None),
     ("types", None),
     ("classes", None),
+    ("conv_width", None),
     ("layers", None),
     # The output side of an embed->embed projection (pooler, MLM transform, ALBERT/ELECTRA
     # factorised embeddings), kept whole so the two sides of one kernel never share a mesh axis.

@@ -26,8 +26,8 @@ from flaxbert.layers.config import EncoderConfig
 from flaxbert.layers.embeddings import Embeddings, check_tokens
 from flaxbert.layers.encoder import Encoder
 from flaxbert.layers.feed_forward import dense
-from flaxbert.layers.heads import (Classifier, MaskedLMHead, PooledClassifier, Pooler,
-                                   gather_positions, l2_normalize, pool)
+from flaxbert.layers.heads import (Classifier, DiscriminatorHead, MaskedLMHead,
+                                   PooledClassifier, Pooler, gather_positions, l2_normalize, pool)
 from flaxbert.models.outputs import Output
 
 
@@ -58,7 +58,7 @@ class Backbone(nn.Module):
         check_tokens(cfg, input_ids, attention_mask, token_type_ids, position_ids)
         if position_ids is None:
             position_ids = self.default_position_ids(input_ids)
-        x = self.embedding_module()(input_ids, token_type_ids, position_ids, self.deterministic)
+        x = self.embed(input_ids, attention_mask, token_type_ids, position_ids)
         if x.shape[-1] != cfg.hidden_size:  # ALBERT, ELECTRA: narrow embeddings
             x = dense(cfg, cfg.hidden_size, ("embed_proj", "embed"), "embeddings_project")(x)
         embedded = x
@@ -70,6 +70,9 @@ class Backbone(nn.Module):
             pooler_output=self.pooler_cls(cfg, name="pooler")(x) if self.add_pooling_layer else None,
             hidden_states=None if hidden is None else (embedded,) + hidden,
             attentions=probs)
+
+    def embed(self, input_ids, attention_mask, token_type_ids, position_ids):
+        return self.embedding_module()(input_ids, token_type_ids, position_ids, self.deterministic)
 
     def embedding_module(self) -> nn.Module:
         if self.shared_embeddings is not None:
@@ -217,6 +220,18 @@ class ForMultipleChoice(TaskModel):
     def head(self, backbone, out, attention_mask, deterministic):
         return dict(logits=self.head_cls(self.config, 1, deterministic,
                                          name="choice_classifier")(out))
+
+
+class ForReplacedTokenDetection(TaskModel):
+    """Replaced-token detection (ELECTRA's discriminator, DeBERTa-v3): one logit a token that it
+    was replaced (`logits`, (batch, length)). Families register it as their "pretraining" task."""
+
+    task: ClassVar[str] = "pretraining"
+    uses_pooler: ClassVar[bool] = False
+
+    def head(self, backbone, out, attention_mask, deterministic):
+        return dict(logits=DiscriminatorHead(self.config, name="discriminator_head")(
+            out.last_hidden_state))
 
 
 class ForSentenceEmbedding(TaskModel):

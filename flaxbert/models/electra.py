@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -19,8 +18,7 @@ import numpy as np
 from flaxbert.convert.spec import HFSpec
 from flaxbert.layers.config import EncoderConfig
 from flaxbert.layers.embeddings import Embeddings
-from flaxbert.layers.heads import (DiscriminatorHead, FirstTokenClassifier, MaskedLMHead,
-                                   SummaryClassifier)
+from flaxbert.layers.heads import FirstTokenClassifier, MaskedLMHead, SummaryClassifier
 from flaxbert.models import base, bert, registry
 from flaxbert.models.outputs import Output
 
@@ -50,15 +48,8 @@ class ElectraClassifier(FirstTokenClassifier):
     activation: str = "gelu"
 
 
-class ElectraForPreTraining(base.TaskModel):
-    """The discriminator: per-token logit that the token was replaced (`logits`, (B, S))."""
-
-    task: ClassVar[str] = "pretraining"
-    uses_pooler: ClassVar[bool] = False
-
-    def head(self, backbone, out, attention_mask, deterministic):
-        return dict(logits=DiscriminatorHead(self.config, name="discriminator_head")(
-            out.last_hidden_state))
+class ElectraForPreTraining(base.ForReplacedTokenDetection):
+    """The discriminator (transformers' ElectraForPreTraining)."""
 
 
 _NO_POOLER = {"uses_pooler": False}
