@@ -66,8 +66,9 @@ def _lookup(table: nn.Embed, ids):
 
 
 class Embeddings(nn.Module):
-    """Sum of word, absolute position and (when type_vocab_size > 0) token-type embeddings, at
-    `config.embedding_width` (ALBERT and ELECTRA embed narrower than hidden_size)."""
+    """Sum of word, absolute position (unless config.position_biased_input is False, as DeBERTa
+    allows) and (when type_vocab_size > 0) token-type embeddings at `config.embedding_width`
+    (ALBERT and ELECTRA embed narrower than hidden_size), then LayerNorm and dropout."""
 
     config: EncoderConfig
     deterministic: bool = True
@@ -78,27 +79,35 @@ class Embeddings(nn.Module):
         # `deterministic` may come per call: a module shared by two backbones (ELECTRA) is
         # created once but runs in training and in evaluation.
         deterministic = self.deterministic if deterministic is None else deterministic
+        x = self.normalize(self.lookup(input_ids, token_type_ids, position_ids))
+        x = nn.Dropout(self.config.hidden_dropout_prob, deterministic=deterministic)(x)
+        return sharding.constrain(x, sharding.HIDDEN)
+
+    def normalize(self, x):
+        """LayerNorm of the summed embeddings; DeBERTa projects to hidden_size first."""
+        return layer_norm(self.config, "norm")(x)
+
+    def lookup(self, input_ids, token_type_ids, position_ids):
         cfg = self.config
-        width = cfg.embedding_width
         init = nn.initializers.normal(cfg.initializer_range)
 
         def table(num, axes, name):
-            return nn.Embed(num, width, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
-                            embedding_init=sharding.param_init(init, axes), name=name)
+            return nn.Embed(num, cfg.embedding_width, dtype=cfg.compute_dtype,
+                            param_dtype=cfg.weights_dtype, name=name,
+                            embedding_init=sharding.param_init(init, axes))
 
         x = _lookup(table(cfg.vocab_size, ("vocab", "embed"), "word_embeddings"), input_ids)
-        if position_ids is None:
-            position_ids = jnp.arange(input_ids.shape[-1])[None, :]
-        x = x + _lookup(table(cfg.max_position_embeddings, ("positions", "embed"),
-                              "position_embeddings"), position_ids)
+        if getattr(cfg, "position_biased_input", True):
+            if position_ids is None:
+                position_ids = jnp.arange(input_ids.shape[-1])[None, :]
+            x = x + _lookup(table(cfg.max_position_embeddings, ("positions", "embed"),
+                                  "position_embeddings"), position_ids)
         if cfg.type_vocab_size > 0:
             if token_type_ids is None:
                 token_type_ids = jnp.zeros_like(input_ids)
             x = x + _lookup(table(cfg.type_vocab_size, ("types", "embed"),
                                   "token_type_embeddings"), token_type_ids)
-        x = layer_norm(cfg, "norm")(x)
-        x = nn.Dropout(cfg.hidden_dropout_prob, deterministic=deterministic)(x)
-        return sharding.constrain(x, sharding.HIDDEN)
+        return x
 
     def word_embedding_table(self):
         return nn.meta.unbox(self.variables["params"]["word_embeddings"]["embedding"])

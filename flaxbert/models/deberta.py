@@ -26,7 +26,7 @@ from flaxbert.convert.spec import HFSpec
 from flaxbert.layers import sharding
 from flaxbert.layers.attention import SelfAttention, head_projection
 from flaxbert.layers.config import EncoderConfig
-from flaxbert.layers.embeddings import _lookup
+from flaxbert.layers.embeddings import Embeddings
 from flaxbert.layers.encoder import Encoder, TransformerBlock
 from flaxbert.layers.feed_forward import activation, dense, layer_norm
 from flaxbert.models import base, bert, registry
@@ -211,43 +211,16 @@ class DebertaEncoder(Encoder):
         return layer_norm(cfg, "conv_norm")(x + out) * keep
 
 
-class DebertaEmbeddings(nn.Module):
-    """Word (+ absolute position if position_biased_input) (+ type) embeddings, projected to
-    hidden_size (no bias) before the LayerNorm when narrower."""
+class DebertaEmbeddings(Embeddings):
+    """The shared embeddings, projected to hidden_size (no bias) before the LayerNorm when
+    narrower; absolute positions only with position_biased_input."""
 
-    config: DebertaV2Config
-    deterministic: bool = True
-
-    @nn.compact
-    def __call__(self, input_ids, token_type_ids=None, position_ids=None, deterministic=None):
+    def normalize(self, x):
         cfg = self.config
-        deterministic = self.deterministic if deterministic is None else deterministic
-        init = nn.initializers.normal(cfg.initializer_range)
-
-        def table(num, axes, name):
-            return nn.Embed(num, cfg.embedding_width, dtype=cfg.compute_dtype,
-                            param_dtype=cfg.weights_dtype, name=name,
-                            embedding_init=sharding.param_init(init, axes))
-
-        x = _lookup(table(cfg.vocab_size, ("vocab", "embed"), "word_embeddings"), input_ids)
-        if cfg.position_biased_input:
-            if position_ids is None:
-                position_ids = jnp.arange(input_ids.shape[-1])[None, :]
-            x = x + _lookup(table(cfg.max_position_embeddings, ("positions", "embed"),
-                                  "position_embeddings"), position_ids)
-        if cfg.type_vocab_size > 0:
-            if token_type_ids is None:
-                token_type_ids = jnp.zeros_like(input_ids)
-            x = x + _lookup(table(cfg.type_vocab_size, ("types", "embed"),
-                                  "token_type_embeddings"), token_type_ids)
         if cfg.embedding_width != cfg.hidden_size:
             x = dense(cfg, cfg.hidden_size, ("embed_proj", "embed"), "embed_proj",
                       use_bias=False)(x)
-        x = layer_norm(cfg, "norm")(x)
-        return nn.Dropout(cfg.hidden_dropout_prob, deterministic=deterministic)(x)
-
-    def word_embedding_table(self):
-        return nn.meta.unbox(self.variables["params"]["word_embeddings"]["embedding"])
+        return layer_norm(cfg, "norm")(x)
 
 
 class DebertaBackbone(base.Backbone):
