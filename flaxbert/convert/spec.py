@@ -6,13 +6,25 @@ import re
 from collections.abc import Callable
 
 
+# Our tasks -> transformers' class-name suffixes; the embedding model is saved as the bare model.
+TASK_CLASSES = (
+    ("base", "Model"), ("pretraining", "ForPreTraining"), ("masked-lm", "ForMaskedLM"),
+    ("next-sentence", "ForNextSentencePrediction"),
+    ("sequence-classification", "ForSequenceClassification"),
+    ("token-classification", "ForTokenClassification"),
+    ("question-answering", "ForQuestionAnswering"), ("multiple-choice", "ForMultipleChoice"),
+    ("embedding", "Model"),
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class HFSpec:
     """transformers naming for one family.
 
     rules: (regex on a flax module path, template) pairs, first full match wins; `{base}` in a
       template is the base-model prefix ("bert.") inside task models and "" in the bare model.
-    ignore: regexes of checkpoint keys that hold no parameter of ours (tied decoders, buffers).
+    ignore: regexes of checkpoint keys that hold no parameter of ours (tied decoders); the
+      embeddings' index buffers are always ignored.
     task_classes: our task -> transformers class-name suffix ("masked-lm" -> "ForMaskedLM").
     """
 
@@ -21,7 +33,7 @@ class HFSpec:
     base_prefix: str
     rules: tuple[tuple[str, str], ...]
     ignore: tuple[str, ...] = ()
-    task_classes: tuple[tuple[str, str], ...] = ()
+    task_classes: tuple[tuple[str, str], ...] = TASK_CLASSES
     # Head weight prefixes (transformers names) that belong to some task head, not the backbone.
     head_prefixes: tuple[str, ...] = ()
     # (transformers config field, our field) where the names differ (DistilBERT's dim, ...).
@@ -52,7 +64,9 @@ class HFSpec:
         return None
 
     def is_ignored(self, hf_key: str) -> bool:
-        return any(re.fullmatch(p, hf_key) for p in self.ignore)
+        # Older checkpoints of every family carry these index buffers; they hold no weights.
+        buffers = rf"({re.escape(self.base_prefix)}\.)?embeddings\.(position_ids|token_type_ids)"
+        return any(re.fullmatch(p, hf_key) for p in self.ignore + (buffers,))
 
     def architecture(self, task: str) -> str:
         return self.class_prefix + dict(self.task_classes)[task]

@@ -16,7 +16,7 @@ from flaxbert.convert.spec import HFSpec
 from flaxbert.layers.config import EncoderConfig
 from flaxbert.layers.encoder import TransformerBlock, rematerialised
 from flaxbert.layers.heads import Classifier
-from flaxbert.models import base, bert, registry
+from flaxbert.models import base, registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,9 +110,7 @@ HF = HFSpec(
         (r"(token_|choice_)?classifier/dense", "classifier"),
         (r"qa_outputs/dense", "qa_outputs"),
     ),
-    ignore=(r"predictions\.decoder\.(weight|bias)", r"(albert\.)?embeddings\.position_ids",
-            r"(albert\.)?embeddings\.token_type_ids"),
-    task_classes=tuple((t, s) for t, s in bert.TASK_CLASSES if t in TASK_MODELS),
+    ignore=(r"predictions\.decoder\.(weight|bias)",),
     head_prefixes=("predictions.", "sop_classifier.", "classifier.", "qa_outputs."),
     config_renames=(("classifier_dropout_prob", "classifier_dropout"),),
     config_requirements=(("position_embedding_type", ("absolute",)),),

@@ -40,16 +40,6 @@ LAYER_RULES = (
     (r"backbone/embeddings/(\w+)", r"{base}embeddings.\1"),
     (r"backbone/pooler/dense", r"{base}pooler.dense"),
 )
-# transformers' class-name suffixes for our tasks; the embedding model is saved as the bare model.
-TASK_CLASSES = (
-    ("base", "Model"), ("pretraining", "ForPreTraining"), ("masked-lm", "ForMaskedLM"),
-    ("next-sentence", "ForNextSentencePrediction"),
-    ("sequence-classification", "ForSequenceClassification"),
-    ("token-classification", "ForTokenClassification"),
-    ("question-answering", "ForQuestionAnswering"), ("multiple-choice", "ForMultipleChoice"),
-    ("embedding", "Model"),
-)
-
 HF = HFSpec(
     model_type="bert", class_prefix="Bert", base_prefix="bert",
     rules=LAYER_RULES + (
@@ -60,9 +50,7 @@ HF = HFSpec(
         (r"(token_|choice_)?classifier/dense", "classifier"),
         (r"qa_outputs/dense", "qa_outputs"),
     ),
-    ignore=(r"cls\.predictions\.decoder\.(weight|bias)", r"(bert\.)?embeddings\.position_ids",
-            r"(bert\.)?embeddings\.token_type_ids"),
-    task_classes=TASK_CLASSES,
+    ignore=(r"cls\.predictions\.decoder\.(weight|bias)",),
     head_prefixes=("cls.", "classifier.", "qa_outputs."),
     config_requirements=(("position_embedding_type", ("absolute",)), ("is_decoder", (False,)),
                          ("add_cross_attention", (False,))),

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from flaxbert.convert.spec import HFSpec
+from flaxbert.convert.spec import TASK_CLASSES, HFSpec
 from flaxbert.layers import sharding
 from flaxbert.layers.attention import SelfAttention, head_projection
 from flaxbert.layers.config import EncoderConfig
@@ -309,9 +309,9 @@ HF = HFSpec(
     ),
     config_rules=_mlm_rules,
     layouts=((r".*/conv/kernel", (2, 1, 0)),),  # flax (width, in, out) <-> torch (out, in, width)
-    ignore=(r"cls\.predictions\.decoder\.(weight|bias)", r"(deberta\.)?embeddings\.position_ids"),
-    task_classes=tuple(("pretraining", "ForReplacedTokenDetection") if t == "pretraining" else (t, s)
-                       for t, s in bert.TASK_CLASSES if t in TASK_MODELS),
+    ignore=(r"cls\.predictions\.decoder\.(weight|bias)",),
+    task_classes=tuple((t, "ForReplacedTokenDetection" if t == "pretraining" else s)
+                       for t, s in TASK_CLASSES),
     head_prefixes=("cls.", "lm_predictions.", "pooler.", "classifier.", "qa_outputs.",
                    "mask_predictions."),
 )

@@ -14,7 +14,7 @@ import jax
 from flaxbert.convert.spec import HFSpec
 from flaxbert.layers.config import EncoderConfig
 from flaxbert.layers.feed_forward import dense
-from flaxbert.models import base, bert, registry
+from flaxbert.models import base, registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +75,7 @@ HF = HFSpec(
         (r"(token_|choice_)?classifier/dense", "classifier"),
         (r"qa_outputs/dense", "qa_outputs"),
     ),
-    ignore=(r"vocab_projector\.weight", r"(distilbert\.)?embeddings\.position_ids"),
-    task_classes=tuple((t, s) for t, s in bert.TASK_CLASSES if t in TASK_MODELS),
+    ignore=(r"vocab_projector\.weight",),
     head_prefixes=("vocab_", "pre_classifier.", "classifier.", "qa_outputs."),
     config_renames=(("dim", "hidden_size"), ("n_layers", "num_hidden_layers"),
                     ("n_heads", "num_attention_heads"), ("hidden_dim", "intermediate_size"),

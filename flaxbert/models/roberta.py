@@ -66,9 +66,7 @@ HF = HFSpec(
         (r"(token_|choice_)classifier/dense", "classifier"),
         (r"qa_outputs/dense", "qa_outputs"),
     ),
-    ignore=(r"lm_head\.decoder\.(weight|bias)", r"(roberta\.)?embeddings\.position_ids",
-            r"(roberta\.)?embeddings\.token_type_ids"),
-    task_classes=tuple((t, s) for t, s in bert.TASK_CLASSES if t in TASK_MODELS),
+    ignore=(r"lm_head\.decoder\.(weight|bias)",),
     head_prefixes=("lm_head.", "classifier.", "qa_outputs."),
     config_requirements=bert.HF.config_requirements,
 )
