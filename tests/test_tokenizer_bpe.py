@@ -12,7 +12,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import json
-import random
 import shutil
 
 import numpy as np
@@ -23,66 +22,16 @@ from tokenizers.models import BPE
 from transformers import AutoTokenizer
 
 from flaxbert.tokenizer import Tokenizer
+from tokenizer_cases import (BATCH_KWARGS, COMMON_TEXTS, KEYS, assert_decode_matches,
+                             assert_pair_truncation_matches, assert_pairs_match, assert_same,
+                             assert_texts_match, corpus_lines, hf_call, pipeline)
 
-KEYS = ("input_ids", "token_type_ids", "attention_mask")
-_SYLLABLES = "ka ri to ne mu sa lo vi da pe zu qua str ght ion ing er th ch sh ow ai".split()
-_WORDS = ("the quick brown fox jumps over a lazy dog model reads long documents about naïve cafés "
-          "Ångström Crème Brûlée résumé façade über straße Größe São Zürich İstanbul Hello World "
-          "DON'T won't it's I'm tokenization 東京 中文字符 日本語のテキスト 한국어 Привет مرحبا שלום "
-          "👍 🤗 👍🏽 😀 🇫🇷 ＡＢＣ１２３ ﬁne ½ ™ 3.14159 42 1,000,000 2,3, 2024 12:30 user@mail.org "
-          "https://example.com/p?q=1&x=y !!! ??? ... --==>> ``quoted'' \"dq\" (paren) [brack] #hash $100 "
-          "50% a&b").split()
-
-
-def corpus_lines(n=600, seed=0):
-    """Words from many scripts, emoji, numbers, punctuation runs and made-up words."""
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n):
-        words = []
-        for _ in range(rng.randint(3, 20)):
-            w = ("".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 4)))
-                 if rng.random() < 0.4 else rng.choice(_WORDS))
-            words.append(w.upper() if rng.random() < 0.08 else w.capitalize() if rng.random() < 0.08 else w)
-        lines.append(" ".join(words))
-    return lines
-
-
-TEXTS = [
-    "Hello, World! The quick brown fox jumps over the lazy dog.",
-    "café naïve Ångström Crème Brûlée e\u0301", "中文字符 日本語のテキスト 한국어", "mixed 中文 and english",
-    "👍🏽 thumbs 🤗 hugging 🇫🇷", "!!!???...", "--==>>", "``quoted'' don't won't",
-    "Donaudampfschifffahrtsgesellschaftskapitänswitwe" * 3, "x" * 300,
-    "\x00", "\t", "\u200b", "\x7f", "a\rb", "tab\there\nnewline", "\u2028x\u2029", "",
-    " ", "   ", " leading", "trailing ", "  multiple   spaces  here  ",
+TEXTS = COMMON_TEXTS + [
     "ＡＢＣ１２３ ﬁne ½ ™", "3.14159 and 42, 1,000,000 in 2024", "https://example.com/p?q=1&x=y user@mail.org",
     "Hello <mask> world", "Hello<mask>world", "a  <mask>  b", "<mask>", "<s>x</s> <pad> <unk>",
     "[MASK] [CLS] [SEP]", "İstanbul STRASSE straße",
 ]
 PAIRS = list(zip(TEXTS, reversed(TEXTS)))
-BATCH_KWARGS = [
-    dict(padding=True),
-    dict(padding="longest", pad_to_multiple_of=8),
-    dict(padding="max_length", max_length=48, truncation=True),
-    dict(padding=True, truncation="longest_first", max_length=12),
-]
-
-
-def pipeline(tok):
-    """The serialized pipeline without the (call-time) truncation / padding settings."""
-    j = json.loads(tok.to_str())
-    j.pop("truncation")
-    j.pop("padding")
-    return j
-
-
-def hf_call(hf, *args, **kwargs):
-    return hf(*args, return_token_type_ids=True, **kwargs)
-
-
-def assert_same(got, want):
-    for k in KEYS:
-        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
 
 
 # ---- fixtures -----------------------------------------------------------------------------
@@ -163,17 +112,12 @@ def test_pipeline_matches_transformers(pair):
 
 def test_single_texts_match_transformers(pair):
     ours, hf = pair
-    for text in TEXTS:
-        got, want = ours(text, return_tensors=None), hf_call(hf, text)
-        assert {k: got[k] for k in KEYS} == {k: want[k] for k in KEYS}, repr(text)
-        assert ours.tokenize(text) == hf.tokenize(text), repr(text)
+    assert_texts_match(ours, hf, TEXTS)
 
 
 def test_pairs_match_transformers(pair):
     ours, hf = pair
-    a, b = map(list, zip(*PAIRS))
-    got, want = ours(a, b, return_tensors=None), hf_call(hf, a, b)
-    assert {k: got[k] for k in KEYS} == {k: want[k] for k in KEYS}
+    a, b = assert_pairs_match(ours, hf, PAIRS)
     # <s> A </s></s> B </s>, and no token types at all (RoBERTa has none)
     one = ours("a b", "c", return_tensors=None)
     ids_a, ids_b = (ours("a b", add_special_tokens=False, return_tensors=None)["input_ids"],
@@ -195,20 +139,12 @@ def test_batches_match_transformers(pair, kwargs):
 @pytest.mark.parametrize("strategy", ["longest_first", "only_second"])
 def test_pair_truncation_matches_transformers(pair, strategy):
     ours, hf = pair
-    short, long = ["short q", "x", "tiny"], ["a much longer passage 👍🏽 " * 12, "b " * 40, "ça " * 30]
-    for max_length in (16, 23):
-        kw = dict(truncation=strategy, max_length=max_length, padding="max_length")
-        got = ours(short, long, **kw)
-        assert_same(got, hf_call(hf, short, long, return_tensors="np", **kw))
-        assert got["input_ids"].shape == (3, max_length)
+    assert_pair_truncation_matches(ours, hf, strategy)
 
 
 def test_decode_matches_transformers(pair):
     ours, hf = pair
-    batch = ours(TEXTS, padding=True)["input_ids"]
-    for skip in (True, False):
-        assert ours.batch_decode(batch, skip_special_tokens=skip) == \
-            hf.batch_decode(batch.tolist(), skip_special_tokens=skip)
+    assert_decode_matches(ours, hf, TEXTS)
 
 
 def test_mask_lstrip_follows_the_files(trained):

@@ -9,39 +9,14 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import argparse
 import json
-import random
 import time
 
-import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
 from flaxbert.tokenizer import Tokenizer
 from flaxbert.tokenizer_training import add_train_tokenizer_parser, train_tokenizer
-
-KEYS = ("input_ids", "token_type_ids", "attention_mask")
-_SYLLABLES = "ka ri to ne mu sa lo vi da pe zu qua str ght ion ing er th ch sh ow ai".split()
-_WORDS = ("the quick brown fox jumps over a lazy dog model reads long documents about naïve cafés "
-          "Ångström Crème Brûlée résumé façade über straße Größe São Zürich İstanbul Hello World "
-          "DON'T won't it's I'm tokenization 東京 中文字符 日本語のテキスト 한국어 Привет مرحبا שלום "
-          "👍 🤗 👍🏽 😀 🇫🇷 ＡＢＣ１２３ ﬁne ½ ™ 3.14159 42 1,000,000 2,3, 2024 12:30 user@mail.org "
-          "https://example.com/p?q=1&x=y !!! ??? ... --==>> ``quoted'' \"dq\" (paren) [brack] #hash $100 "
-          "50% a&b").split()
-
-
-def corpus_lines(n=600, seed=0):
-    """Words from many scripts, emoji, numbers, punctuation runs and made-up words."""
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n):
-        words = []
-        for _ in range(rng.randint(3, 20)):
-            w = ("".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 4)))
-                 if rng.random() < 0.4 else rng.choice(_WORDS))
-            words.append(w.upper() if rng.random() < 0.08 else w.capitalize() if rng.random() < 0.08 else w)
-        lines.append(" ".join(words))
-    return lines
-
+from tokenizer_cases import KEYS, assert_same, corpus_lines, pipeline
 
 TEXTS = [
     "Hello, World! The quick brown fox jumps over the lazy dog.",
@@ -61,18 +36,6 @@ TRAINED = {
     ("sentencepiece", "deberta"): (800, dict(pad=0, cls=1, sep=2, unk=3, mask=4), ["spm.model"]),
     ("sentencepiece", "xlnet"): (800, dict(unk=0, cls=3, sep=4, pad=5, mask=6), ["spiece.model"]),
 }
-
-
-def pipeline(tok):
-    j = json.loads(tok.to_str())
-    j.pop("truncation")
-    j.pop("padding")
-    return j
-
-
-def assert_same(got, want):
-    for k in KEYS:
-        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
 
 
 @pytest.fixture(scope="session")
