@@ -159,7 +159,7 @@ class DisentangledAttention(SelfAttention):
             gathered = jnp.take_along_axis(
                 p2c, jnp.broadcast_to(index, p2c.shape[:2] + index.shape), axis=-1)
             score = score + jnp.swapaxes(gathered, -1, -2) * scale
-        return score
+        return sharding.constrain(score, ("act_batch", "act_heads", "act_length", None))
 
 
 class DebertaBlock(TransformerBlock):
