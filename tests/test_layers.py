@@ -110,8 +110,8 @@ MESH_SCRIPT = textwrap.dedent("""
     assert jax.device_count() == 8
     ids = np.random.RandomState(0).randint(1, 99, (8, 16))
     mask = np.ones_like(ids); mask[3, 9:] = 0
-    for scan in (False, True):
-        model = flaxbert.create_model("bert-tiny", "masked-lm", vocab_size=128, scan_layers=scan)
+    for name, scan in (("bert-tiny", False), ("bert-tiny", True), ("deberta-v3-tiny", True)):
+        model = flaxbert.create_model(name, "masked-lm", vocab_size=128, scan_layers=scan)
         ref_params = flaxbert.init_params(model, 0)
         ref = model.apply({"params": ref_params}, ids, mask).logits
         for data, fsdp, tensor in ((8, 1, 1), (2, 4, 1), (2, 2, 2), (4, 1, 2)):
@@ -125,7 +125,7 @@ MESH_SCRIPT = textwrap.dedent("""
             with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
                 out = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m).logits)(params, ids, mask)
             err = float(jnp.abs(out - ref).max())
-            assert err < 1e-5, (scan, data, fsdp, tensor, err)
+            assert err < 1e-5, (name, scan, data, fsdp, tensor, err)
     print("mesh ok")
 """)
 
