@@ -8,6 +8,7 @@ one), so adding a family means writing its naming rules only. safetensors needs 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -175,7 +176,6 @@ def family_for_hf_config(hf_config: dict) -> registry.Family:
 
 
 def config_from_hf(family: registry.Family, hf_config: dict, **overrides) -> EncoderConfig:
-    import dataclasses
     for field, allowed in family.hf.config_requirements:
         if field in hf_config and hf_config[field] not in allowed:
             raise ValueError(f"config.json sets {field}={hf_config[field]!r}; flaxbert's "
