@@ -190,15 +190,18 @@ def config_from_hf(family: registry.Family, hf_config: dict, **overrides) -> Enc
     dtype = hf_config.get("dtype") or hf_config.get("torch_dtype")
     if dtype in DTYPES:
         kwargs["param_dtype"] = dtype
-    return family.config_cls(**kwargs).replace(**overrides)
+    nulls = {k: v for k, v in family.hf.config_null_values
+             if k in hf_config and hf_config[k] is None}
+    return family.config_cls(**kwargs).replace(**{**nulls, **overrides})
 
 
 def config_to_hf(family: registry.Family, config: EncoderConfig, task: str) -> dict:
     out = {"architectures": [family.hf.architecture(task)], "model_type": family.hf.model_type}
     to_hf_name = {ours: theirs for theirs, ours in family.hf.config_renames}
     # None means "transformers' default" on our side; transformers reads a written null as None.
-    out.update({to_hf_name.get(k, k): v for k, v in config.to_dict().items()
-                if k not in FLAXBERT_FIELDS and v is not None})
+    out.update({to_hf_name.get(k, k): list(v) if isinstance(v, tuple) else v
+                for k, v in config.to_dict().items()
+                if k not in FLAXBERT_FIELDS and k not in family.hf.config_omit and v is not None})
     labels = config.id2label or tuple(f"LABEL_{i}" for i in range(config.num_labels))
     out["id2label"] = {str(i): label for i, label in enumerate(labels)}
     out["label2id"] = {label: i for i, label in enumerate(labels)}
@@ -269,7 +272,10 @@ def _leaves(family: registry.Family, abstract_params: dict, base: str,
     leaves = []
     for path, value in flat.items():
         if path[-1] not in _LEAF_NAMES:
-            raise KeyError(f"no transformers leaf name for parameter {'/'.join(path)}")
+            # A bare tensor (XLNet's r_w_bias, mask_emb, ...): a rule names the whole path.
+            leaves.append(_Leaf(path, value.shape,
+                                family.hf.module_name("/".join(path), base, config)))
+            continue
         module = (family.hf.module_name("/".join(path[:-1]), base, config)
                   if len(path) > 1 else "")
         hf_key = f"{module}.{_LEAF_NAMES[path[-1]]}" if module else _LEAF_NAMES[path[-1]]

@@ -43,6 +43,10 @@ class HFSpec:
     layouts: tuple[tuple[str, tuple[int, ...]], ...] = ()
     # Rules that depend on the config (DeBERTa's legacy MLM head names), tried first.
     config_rules: Callable[[object], tuple[tuple[str, str], ...]] | None = None
+    # Our fields left out of config.json (transformers' XLNetConfig rejects max_position_...).
+    config_omit: tuple[str, ...] = ()
+    # (field, value): a null in config.json means this value, not our default (XLNet mem_len).
+    config_null_values: tuple[tuple[str, object], ...] = ()
     # config.json fields whose other values we do not implement: (field, allowed values).
     config_requirements: tuple[tuple[str, tuple], ...] = ()
 

@@ -24,6 +24,7 @@ class Output:
     embeddings: Any = None
     hidden_states: Any = None
     attentions: Any = None
+    mems: Any = None  # XLNet's memory: one (batch, mem_len, hidden) array a layer
 
     def keys(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
