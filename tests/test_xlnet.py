@@ -7,10 +7,7 @@ streams, attentions, mems) must agree to 1e-4, including a second segment that r
 memory under perm_mask + target_mapping.
 """
 import math
-import os
 import random
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -22,6 +19,7 @@ import transformers
 from safetensors.numpy import load_file
 
 import flaxbert
+from conftest import run_on_8_cpu_devices
 from flaxbert.layers.encoder import stack_layers
 from flaxbert.models import permutation, xlnet
 
@@ -295,12 +293,7 @@ print("mesh ok")
 
 
 def test_sharded_init_and_forward_with_memory_on_a_2x2x2_mesh():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", MESH_SCRIPT], env=env, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "mesh ok" in result.stdout
+    assert "mesh ok" in run_on_8_cpu_devices(MESH_SCRIPT)
 
 
 def test_bfloat16_compute_stays_close_to_float32(lm):
