@@ -137,22 +137,29 @@ def test_every_head_matches_transformers(case, task, saved):
     assert max(errors.values()) <= TOL, errors
 
 
-@pytest.mark.parametrize("case,task", PARAMS)
-def test_round_trip_is_bit_exact_and_loads_in_transformers(case, task, saved, tmp_path):
-    path, hf_model = saved(case, task)
+def assert_round_trip(path, hf_model, auto_class: str, out, **load_kwargs):
+    """Load `path` into flaxbert, save it to `out`: every tensor bit-identical, and transformers'
+    `auto_class` loads `out` as hf_model's class with no missing or unexpected keys."""
     model, params = flaxbert.from_pretrained(path)
-    flaxbert.save_pretrained(tmp_path / "out", model, params)
+    flaxbert.save_pretrained(out, model, params)
     original = load_file(path / "model.safetensors")
-    written = load_file(tmp_path / "out" / "model.safetensors")
+    written = load_file(out / "model.safetensors")
     assert written.keys() == original.keys()
     for key in original:
         assert written[key].dtype == original[key].dtype, key
         np.testing.assert_array_equal(written[key], original[key], err_msg=key)
-
-    reloaded, info = getattr(transformers, AUTO[task]).from_pretrained(
-        tmp_path / "out", output_loading_info=True, attn_implementation="eager")
+    reloaded, info = getattr(transformers, auto_class).from_pretrained(
+        out, output_loading_info=True, **load_kwargs)
     assert type(reloaded) is type(hf_model)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
+    return reloaded
+
+
+@pytest.mark.parametrize("case,task", PARAMS)
+def test_round_trip_is_bit_exact_and_loads_in_transformers(case, task, saved, tmp_path):
+    path, hf_model = saved(case, task)
+    reloaded = assert_round_trip(path, hf_model, AUTO[task], tmp_path / "out",
+                                 attn_implementation="eager")
     # Weights are bit-identical (above). Outputs are compared to 1e-6, not bitwise: transformers'
     # own save/load of the same model differs by ~1e-9 (torch kernels vary with memory alignment).
     a = torch_outputs(reloaded.eval(), *inputs(case, task))

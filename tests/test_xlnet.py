@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from safetensors.numpy import load_file
 
 import flaxbert
 from conftest import run_on_8_cpu_devices
+from test_parity import assert_round_trip
 from flaxbert.layers.encoder import stack_layers
 from flaxbert.models import permutation, xlnet
 
@@ -156,18 +156,7 @@ def test_two_segments_with_memory_and_query_stream(variant, saved):
 @pytest.mark.parametrize("task", list(xlnet.TASK_MODELS))
 def test_round_trip_is_bit_exact_and_loads_in_transformers(task, saved, tmp_path):
     path, hf_model = saved(task)
-    model, params = flaxbert.from_pretrained(path)
-    flaxbert.save_pretrained(tmp_path / "out", model, params)
-    original = load_file(path / "model.safetensors")
-    written = load_file(tmp_path / "out" / "model.safetensors")
-    assert written.keys() == original.keys()
-    for key in original:
-        assert written[key].dtype == original[key].dtype, key
-        np.testing.assert_array_equal(written[key], original[key], err_msg=key)
-    reloaded, info = getattr(transformers, AUTO[task]).from_pretrained(
-        tmp_path / "out", output_loading_info=True)
-    assert type(reloaded) is type(hf_model)
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    reloaded = assert_round_trip(path, hf_model, AUTO[task], tmp_path / "out")
     for field in ("d_model", "n_layer", "n_head", "d_inner", "ff_activation", "dropout", "mem_len",
                   "summary_type", "summary_activation", "num_labels"):
         assert getattr(reloaded.config, field) == getattr(hf_model.config, field), field
