@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from flaxbert.tokenizer_training import add_train_tokenizer_parser
     add_train_tokenizer_parser(commands)
+    from flaxbert.training.cli import add_training_parsers
+    add_training_parsers(commands)
     return parser
 
 

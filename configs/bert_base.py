@@ -1,0 +1,41 @@
+"""BERT-base pre-training, the paper's recipe (Devlin et al. 2018, appendix A.2).
+
+MLM + NSP, batch 256, AdamW lr 1e-4 (weight decay 0.01, linear warmup 10k steps, linear decay),
+1M steps: 90% at 128 tokens (phase1), the last 10% at 512 (phase2, started from phase 1's export).
+
+    flaxbert prepare corpus/ --tokenizer TOK --mode nsp --max-seq-length 128 --output data/s128
+    flaxbert pretrain --config configs/bert_base.py:phase1 --workdir runs/bert1 \
+        --config.data.train=data/s128
+    flaxbert pretrain --config configs/bert_base.py:phase2 --workdir runs/bert2 \
+        --config.data.train=data/s512 --config.init_from=runs/bert1/export/step_900000
+
+`:tiny` switches to bert-tiny for a local run on a CPU.
+"""
+from flaxbert.training.config import default_config
+
+
+def get_config(arg: str = "phase1"):
+    if arg not in ("phase1", "phase2", "tiny"):
+        raise ValueError(f"bert_base.py: argument {arg!r}; use phase1, phase2 or tiny")
+    c = default_config()
+    c.model = "bert-base-uncased"
+    c.objective = "mlm_nsp"
+    c.train.global_batch_size = 256
+    c.optimizer.learning_rate = 1e-4
+    c.optimizer.weight_decay = 0.01
+    c.optimizer.decay = "linear"
+    if arg == "phase2":
+        c.train.num_steps = 100_000
+        c.optimizer.warmup_steps = 1_000
+        c.data.max_predictions_per_seq = 80
+    else:
+        c.train.num_steps = 900_000
+        c.optimizer.warmup_steps = 10_000
+        c.data.max_predictions_per_seq = 20
+    c.checkpoint.save_every = 10_000
+    if arg == "tiny":
+        c.model = "bert-tiny"
+        c.train.num_steps, c.train.global_batch_size = 300, 32
+        c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-3, 30
+        c.checkpoint.save_every = 100
+    return c

@@ -1,0 +1,39 @@
+"""DistilBERT pre-training (Sanh et al. 2019): a 6-layer student taught by BERT-base with
+soft-target KL at temperature 2 (weight 5), MLM (weight 2) and a cosine loss on the hidden states
+(weight 1); dynamic masking, no NSP; AdamW lr 5e-4, batch ~4k sequences via accumulation.
+
+    flaxbert pretrain --config configs/distilbert_base.py --workdir runs/distil \
+        --config.data.train=data/r512 --config.objective_settings.teacher=path/to/bert-base-uncased
+
+`:tiny` uses distilbert-tiny taught by a randomly initialised bert-tiny (a smoke test only).
+"""
+from flaxbert.training.config import default_config
+
+
+def get_config(arg: str = ""):
+    c = default_config()
+    c.model = "distilbert-base-uncased"
+    c.objective = "distillation"
+    c.objective_settings.teacher = "bert-base-uncased"  # a directory, or a registered name
+    c.objective_settings.temperature = 2.0
+    c.objective_settings.alpha_ce = 5.0
+    c.objective_settings.alpha_mlm = 2.0
+    c.objective_settings.alpha_cos = 1.0
+    c.data.max_predictions_per_seq = 77
+    c.train.global_batch_size = 4096
+    c.train.num_microbatches = 8
+    c.train.num_steps = 100_000
+    c.optimizer.learning_rate = 5e-4
+    c.optimizer.warmup_steps = 2_000
+    c.checkpoint.save_every = 5_000
+    if arg == "tiny":
+        c.model = "distilbert-tiny"
+        c.objective_settings.teacher = "bert-tiny"
+        c.objective_settings.teacher_seed = 0
+        c.data.max_predictions_per_seq = 20
+        c.train.num_steps, c.train.global_batch_size, c.train.num_microbatches = 300, 32, 1
+        c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-3, 30
+        c.checkpoint.save_every = 100
+    elif arg:
+        raise ValueError(f"distilbert_base.py: argument {arg!r}; use nothing or tiny")
+    return c

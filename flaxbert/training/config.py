@@ -1,0 +1,109 @@
+"""The pre-training config: every field `flaxbert pretrain` reads, with its default.
+
+Experiment files in configs/ start from `default_config()` and change only what their recipe
+changes; `--config.<field>=<value>` overrides any field on the command line (ml_collections
+checks the type). `check_config` turns bad values into one clear error before anything runs.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from flaxbert.training.optim import OPTIMIZERS, SCHEDULES
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = "bert-tiny"  # a registered name (`flaxbert models`)
+    # Config fields to replace, e.g. {"dtype": "bfloat16", "attention_impl": "cudnn"}.
+    c.model_overrides = ml_collections.ConfigDict()
+    # Size the vocabulary (and pad id) from the data's tokenizer instead of the registered config.
+    c.vocab_from_data = True
+    c.init_from = ""  # a transformers/flaxbert directory to start from (e.g. phase 2 from phase 1)
+
+    c.objective = "mlm_nsp"  # see flaxbert.training.objectives.OBJECTIVES
+    c.objective_settings = ml_collections.ConfigDict()
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train = ""  # directories written by `flaxbert prepare`, comma-separated
+    c.data.seed = 0
+    c.data.shuffle_buffer = 10_000
+    c.data.masking = True  # False for objectives that mask in the model (XLNet's PLM)
+    c.data.mlm_probability = 0.15
+    c.data.max_predictions_per_seq = 20
+    c.data.whole_word = False
+    c.data.max_ngram = 1
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adamw"
+    c.optimizer.learning_rate = 1e-4
+    c.optimizer.warmup_steps = 0
+    c.optimizer.decay = "linear"
+    c.optimizer.end_learning_rate = 0.0
+    c.optimizer.power = 1.0
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-6
+    c.optimizer.weight_decay = 0.01
+    c.optimizer.clip_norm = 1.0
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_steps = 1000
+    c.train.global_batch_size = 32
+    c.train.num_microbatches = 1  # gradient accumulation inside the one jitted step
+    c.train.seed = 0
+    c.train.log_every = 10
+    c.train.eval_every = 0  # 0: only at the end
+    c.train.eval_batches = 10
+    c.train.max_consecutive_nonfinite = 10  # skipped NaN/inf steps in a row before halting
+    c.train.progress_bar = True
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.save_every = 500
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1: every device not used by the other axes
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    # Logical-axis -> mesh-axis rules; empty means flaxbert.layers.sharding.LOGICAL_AXIS_RULES.
+    c.mesh.rules = ()
+
+    c.export = ml_collections.ConfigDict()
+    c.export.at_end = True  # write <workdir>/export/<...> transformers directories when done
+    return c
+
+
+def check_config(c: ml_collections.ConfigDict) -> None:
+    """Raise ValueError naming the first bad field."""
+    def need(ok, message):
+        if not ok:
+            raise ValueError(f"config: {message}")
+
+    t, o, d = c.train, c.optimizer, c.data
+    need(t.num_steps >= 1, f"train.num_steps={t.num_steps} must be >= 1")
+    need(t.global_batch_size >= 1, f"train.global_batch_size={t.global_batch_size} must be >= 1")
+    need(t.num_microbatches >= 1 and t.global_batch_size % t.num_microbatches == 0,
+         f"train.num_microbatches={t.num_microbatches} must be >= 1 and divide "
+         f"train.global_batch_size={t.global_batch_size}")
+    need(t.log_every >= 1, f"train.log_every={t.log_every} must be >= 1")
+    need(t.eval_every >= 0, f"train.eval_every={t.eval_every} must be >= 0")
+    need(t.max_consecutive_nonfinite >= 1,
+         f"train.max_consecutive_nonfinite={t.max_consecutive_nonfinite} must be >= 1")
+    need(o.name in OPTIMIZERS, f"optimizer.name={o.name!r}; choose one of {OPTIMIZERS}")
+    need(o.decay in SCHEDULES, f"optimizer.decay={o.decay!r}; choose one of {SCHEDULES}")
+    need(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be > 0")
+    need(0 <= o.warmup_steps <= t.num_steps,
+         f"optimizer.warmup_steps={o.warmup_steps} must be in [0, train.num_steps={t.num_steps}]")
+    need(o.weight_decay >= 0, f"optimizer.weight_decay={o.weight_decay} must be >= 0")
+    need(bool(d.train), "data.train is empty; give the directory `flaxbert prepare` wrote "
+                        "(--config.data.train=DIR)")
+    need(0 < d.mlm_probability < 1, f"data.mlm_probability={d.mlm_probability} must be in (0, 1)")
+    need(d.max_predictions_per_seq >= 1,
+         f"data.max_predictions_per_seq={d.max_predictions_per_seq} must be >= 1")
+    need(d.max_ngram >= 1, f"data.max_ngram={d.max_ngram} must be >= 1")
+    need(c.checkpoint.save_every >= 1,
+         f"checkpoint.save_every={c.checkpoint.save_every} must be >= 1")
+    for axis in ("data", "fsdp", "tensor"):
+        size = c.mesh[axis]
+        need(size == -1 or size >= 1, f"mesh.{axis}={size} must be >= 1 or -1")

@@ -1,0 +1,83 @@
+"""Optimizers and learning-rate schedules for pre-training, built from a config's `optimizer` block.
+
+    lr: linear warmup to `learning_rate` over `warmup_steps`, then `decay` ("linear", "cosine",
+        "polynomial" with `power`, or "constant") to `end_learning_rate` at `total_steps`.
+    update: clip by global norm `clip_norm` -> AdamW (BERT, RoBERTa, ELECTRA) or LAMB (ALBERT,
+        large-batch BERT), weight decay masked off biases and LayerNorm parameters ->
+        `optax.apply_if_finite`, which skips any step whose gradients hold NaN/inf and counts it.
+
+Everything here is optax; nothing is hand-written except choosing which pieces to chain.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import optax
+
+SCHEDULES = ("linear", "cosine", "polynomial", "constant")
+OPTIMIZERS = ("adamw", "lamb")
+# apply_if_finite's own limit: after this many consecutive non-finite steps it applies updates
+# anyway. The trainer halts long before (train.max_consecutive_nonfinite), so keep it out of reach.
+_NEVER = 2**30
+
+
+def _get(cfg: Mapping[str, Any], name: str, default):
+    return cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
+
+
+def learning_rate_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
+    """Warmup then decay; `cfg` is the config's optimizer block."""
+    peak = float(_get(cfg, "learning_rate", 1e-4))
+    warmup = int(_get(cfg, "warmup_steps", 0))
+    end = float(_get(cfg, "end_learning_rate", 0.0))
+    decay = _get(cfg, "decay", "linear")
+    if decay not in SCHEDULES:
+        raise ValueError(f"optimizer.decay={decay!r}; choose one of {SCHEDULES}")
+    if peak <= 0:
+        raise ValueError(f"optimizer.learning_rate={peak} must be > 0")
+    if not 0 <= warmup <= total_steps:
+        raise ValueError(f"optimizer.warmup_steps={warmup} must be in [0, train.num_steps="
+                         f"{total_steps}]")
+    decay_steps = max(total_steps - warmup, 1)
+    if decay == "constant":
+        after = optax.constant_schedule(peak)
+    elif decay == "cosine":
+        after = optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak)
+    else:
+        power = 1.0 if decay == "linear" else float(_get(cfg, "power", 1.0))
+        after = optax.polynomial_schedule(peak, end, power, decay_steps)
+    if warmup == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def decay_mask(params) -> Any:
+    """True where weight decay applies: not biases (any name with 'bias', e.g. XLNet's r_w_bias)
+    and not LayerNorm scales, as in BERT's and transformers' recipes."""
+    def decays(path, _):
+        name = str(getattr(path[-1], "key", path[-1]))
+        return "bias" not in name and name != "scale"
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> tuple[optax.GradientTransformation,
+                                                                      optax.Schedule]:
+    """(clip -> AdamW | LAMB with masked decay, wrapped in apply_if_finite), and its schedule."""
+    name = _get(cfg, "name", "adamw")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer.name={name!r}; choose one of {OPTIMIZERS}")
+    schedule = learning_rate_schedule(cfg, total_steps)
+    kwargs = dict(b1=float(_get(cfg, "b1", 0.9)), b2=float(_get(cfg, "b2", 0.999)),
+                  eps=float(_get(cfg, "eps", 1e-6)),
+                  weight_decay=float(_get(cfg, "weight_decay", 0.01)), mask=decay_mask)
+    update = optax.adamw(schedule, **kwargs) if name == "adamw" else optax.lamb(schedule, **kwargs)
+    clip = _get(cfg, "clip_norm", 1.0)
+    chain = [optax.clip_by_global_norm(float(clip))] if clip else []
+    return optax.apply_if_finite(optax.chain(*chain, update), _NEVER), schedule
+
+
+def nonfinite_counts(opt_state) -> tuple[jax.Array, jax.Array]:
+    """(consecutive, total) skipped non-finite steps, from apply_if_finite's state."""
+    return opt_state.notfinite_count, opt_state.total_notfinite

@@ -1,0 +1,86 @@
+"""Where training metrics go: <workdir>/metrics.jsonl, TensorBoard (<workdir>/tensorboard), a
+progress bar, and one printed line per log interval. Throughput and MFU are computed here."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+
+
+def throughput(trainer, steps: int, seconds: float) -> dict:
+    """seq/s, tokens/s, step time and (on accelerators with a known peak) MFU for `steps` steps
+    that took `seconds`. FLOPs come from flaxbert.flops' explicit formula."""
+    batch = trainer.config.train.global_batch_size
+    out = {"step_time_s": seconds / steps, "seq_per_s": steps * batch / seconds,
+           "tokens_per_s": steps * batch * trainer.seq_len / seconds}
+    flops_per_seq = trainer.objective.flops_per_sequence(trainer.seq_len) \
+        if hasattr(trainer.objective, "flops_per_sequence") else _flops(trainer)
+    if flops_per_seq:
+        from flaxbert import flops
+        out["model_tflops_per_s"] = flops_per_seq * out["seq_per_s"] / 1e12
+        peak = flops.peak_flops(jax.devices()[0])
+        if peak:
+            out["mfu"] = flops_per_seq * out["seq_per_s"] / (peak * jax.device_count())
+    return out
+
+
+def _flops(trainer) -> float | None:
+    try:
+        from flaxbert import flops
+    except ImportError:
+        return None
+    masked = trainer.config.data.max_predictions_per_seq if trainer.config.data.masking else None
+    return flops.training_flops_per_sequence(trainer.model_config, trainer.seq_len,
+                                             masked_positions=masked)
+
+
+class MetricWriter:
+    def __init__(self, workdir: Path, *, enabled: bool = True, progress_total: int = 0,
+                 progress_start: int = 0, progress_bar: bool = True):
+        self.enabled = enabled
+        self.jsonl = open(Path(workdir) / "metrics.jsonl", "a") if enabled else None
+        self.tb = None
+        if enabled:
+            try:
+                import tensorflow as tf
+                self.tb = tf.summary.create_file_writer(str(Path(workdir) / "tensorboard"))
+            except ImportError:  # the data extra is not installed: JSONL only
+                self.tb = None
+        self.bar = None
+        if enabled and progress_bar and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=progress_total, initial=progress_start, unit="step",
+                            dynamic_ncols=True)
+        self._last_step = progress_start
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled or not metrics:
+            return
+        row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            import tensorflow as tf
+            with self.tb.as_default(step=step):
+                for k, v in metrics.items():
+                    tf.summary.scalar(k, float(v))
+            self.tb.flush()
+        shown = {k: metrics[k] for k in ("loss", "mlm_accuracy", "eval_loss", "eval_mlm_accuracy",
+                                         "seq_per_s", "mfu") if k in metrics}
+        text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
+        if self.bar is not None:
+            self.bar.update(step - self._last_step)
+            self.bar.set_postfix_str(text)
+        else:
+            print(f"step {step}: {text}", flush=True)
+        self._last_step = step
+
+    def close(self) -> None:
+        if self.jsonl:
+            self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.bar is not None:
+            self.bar.close()

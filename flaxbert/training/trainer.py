@@ -1,0 +1,409 @@
+"""The pre-training loop: one jitted, sharded train step over a (data, fsdp, tensor) mesh.
+
+    data (tf.data masked batches) -> train_step (objective loss -> grads -> optax) -> Orbax
+
+A single device is a 1x1x1 mesh; there is no other code path. The train state (params, optimizer
+state, step, RNG) is created directly sharded by the one sharded-init recipe, and the step is
+jitted with those shardings as in and out shardings, donating the old state. Gradient
+accumulation runs `num_microbatches` slices of the batch through a `lax.scan` inside the step.
+Steps whose gradients are not finite are skipped by `optax.apply_if_finite` and counted; the
+run halts after `train.max_consecutive_nonfinite` in a row. A SIGTERM (TPU preemption) saves a
+checkpoint at the next step boundary and exits cleanly; rerunning resumes from it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from flaxbert.layers.sharding import LOGICAL_AXIS_RULES, logical_shardings, make_mesh
+from flaxbert.models import registry
+from flaxbert.training.checkpoint import Checkpoints
+from flaxbert.training.config import check_config
+from flaxbert.training.optim import make_optimizer, nonfinite_counts
+
+log = logging.getLogger(__name__)
+
+
+class TrainingHalted(RuntimeError):
+    """Raised when training cannot go on (e.g. too many non-finite steps in a row)."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # a raw uint32 key: plain data, checkpointed like any array
+
+
+def data_dirs(config) -> list[str]:
+    dirs = [d.strip() for d in str(config.data.train).split(",") if d.strip()]
+    for d in dirs:
+        if not (Path(d) / "manifest.json").is_file():
+            raise FileNotFoundError(f"data.train: {d} is not a directory written by "
+                                    "`flaxbert prepare` (no manifest.json)")
+    return dirs
+
+
+def model_config_for(config, manifest: dict):
+    """The registered config with the run's overrides; vocabulary and pad id from the data's
+    tokenizer when `vocab_from_data` (a model must cover every id the data holds)."""
+    overrides = dict(config.model_overrides.to_dict()) if config.model_overrides else {}
+    base = registry.get_config(config.model)
+    if config.vocab_from_data:
+        overrides.setdefault("vocab_size", int(manifest["vocab_size"]))
+        pad = manifest.get("special_ids", {}).get("pad")
+        if pad is not None and "pad_token_id" in {f for f in base.to_dict()}:
+            overrides.setdefault("pad_token_id", int(pad))
+    model_config = base.replace(**overrides)
+    if model_config.vocab_size < int(manifest["vocab_size"]):
+        raise ValueError(f"model vocab_size={model_config.vocab_size} is smaller than the data "
+                         f"tokenizer's {manifest['vocab_size']}")
+    needed = int(manifest["max_seq_length"])
+    if model_config.max_sequence_length < needed:
+        raise ValueError(f"the data has sequences of {needed} tokens but {config.model} allows "
+                         f"{model_config.max_sequence_length}")
+    return model_config
+
+
+def _masking(config, seq_len: int):
+    from flaxbert.data.masking import MaskingConfig
+    if not config.data.masking:
+        return None
+    d = config.data
+    return MaskingConfig(mlm_probability=d.mlm_probability,
+                         max_predictions_per_seq=d.max_predictions_per_seq,
+                         whole_word=d.whole_word, max_ngram=d.max_ngram)
+
+
+class Trainer:
+    """Builds everything a run needs from a config; `run()` trains, checkpoints and exports."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
+        from flaxbert.data.pipeline import read_manifest
+        from flaxbert.training.objectives import get_objective
+
+        check_config(config)
+        self.config = config
+        self.workdir = Path(workdir).absolute()
+        self.data_dirs = data_dirs(config)
+        self.manifest = read_manifest(self.data_dirs)
+        self.seq_len = int(self.manifest["max_seq_length"])
+        self.model_config = model_config_for(config, self.manifest)
+        settings = config.objective_settings.to_dict() if config.objective_settings else {}
+        self.objective = get_objective(config.objective, self.model_config, settings)
+        self._check_data_fits_objective()
+        self.masking = _masking(config, self.seq_len)
+
+        self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+        self.rules = tuple(tuple(r) for r in config.mesh.rules) or LOGICAL_AXIS_RULES
+        batch_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        micro = config.train.global_batch_size // config.train.num_microbatches
+        if micro % batch_shards:
+            raise ValueError(f"the microbatch ({config.train.global_batch_size} / "
+                             f"{config.train.num_microbatches} = {micro}) must divide over the "
+                             f"{batch_shards} data x fsdp shards of the mesh")
+        self.tx, self.schedule = make_optimizer(config.optimizer, config.train.num_steps)
+
+        example = self.example_batch()
+        self._abstract_boxed = jax.eval_shape(self._init_boxed, jax.random.PRNGKey(0), example)
+        self.state_shardings = logical_shardings(self._abstract_boxed, self.mesh, self.rules)
+        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp")))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.frozen, self.frozen_shardings = self._load_frozen()
+        self._train_step = jax.jit(
+            self._step, in_shardings=(self.state_shardings, self.batch_sharding,
+                                      self.frozen_shardings),
+            out_shardings=(self.state_shardings, self.replicated), donate_argnums=(0,))
+        self._eval_step = jax.jit(
+            self._eval, in_shardings=(self.state_shardings.params, self.batch_sharding,
+                                      self.frozen_shardings),
+            out_shardings=self.replicated)
+
+    # ----------------------------------------------------------------------------- set-up
+    def _check_data_fits_objective(self):
+        need_pairs = getattr(self.objective, "pair_task", None)
+        mode = self.manifest.get("mode")
+        if need_pairs and mode != need_pairs:
+            raise ValueError(f"objective {self.config.objective!r} needs data prepared with "
+                             f"--mode {need_pairs}; {self.data_dirs} were prepared with {mode!r}")
+        wants_masking = getattr(self.objective, "data", "mlm") == "mlm"
+        if wants_masking != bool(self.config.data.masking):
+            raise ValueError(f"objective {self.config.objective!r} needs data.masking="
+                             f"{wants_masking}")
+
+    def example_batch(self, batch_size: int = 1) -> dict:
+        """Zeros shaped like a pipeline batch (for init and shape checks)."""
+        s, p = self.seq_len, self.config.data.max_predictions_per_seq
+        batch = {"input_ids": np.ones((batch_size, s), np.int32),
+                 "attention_mask": np.ones((batch_size, s), np.int32),
+                 "token_type_ids": np.zeros((batch_size, s), np.int32)}
+        if self.config.data.masking:
+            batch.update(masked_positions=np.zeros((batch_size, p), np.int32),
+                         masked_ids=np.zeros((batch_size, p), np.int32),
+                         masked_weights=np.ones((batch_size, p), np.float32))
+        if self.manifest.get("mode") in ("nsp", "sop"):
+            batch["pair_label"] = np.zeros((batch_size,), np.int32)
+        return batch
+
+    def _init_boxed(self, rng, example) -> TrainState:
+        params = self.objective.init(rng, example)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=self.tx.init(params),
+                          rng=jax.random.PRNGKey(self.config.train.seed))
+
+    def init_state(self) -> TrainState:
+        rng = jax.random.PRNGKey(self.config.train.seed)
+        example = self.example_batch()
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            boxed = jax.jit(self._init_boxed, out_shardings=self.state_shardings)(rng, example)
+        state = nn.meta.unbox(boxed)
+        if self.config.init_from:
+            state = state.replace(params=self._params_from(self.config.init_from, state.params))
+            state = state.replace(opt_state=jax.jit(
+                self.tx.init, out_shardings=self.state_shardings.opt_state)(state.params))
+        return state
+
+    def _params_from(self, path: str, like) -> Any:
+        import flaxbert
+        _, params = flaxbert.from_pretrained(path, task=self.objective.task_name())
+        if (jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(like)
+                or any(a.shape != b.shape for a, b in zip(jax.tree_util.tree_leaves(params),
+                                                          jax.tree_util.tree_leaves(like)))):
+            raise ValueError(f"init_from={path}: its parameters do not match {self.config.model} "
+                             f"with objective {self.config.objective!r}")
+        return jax.device_put(params, self.state_shardings.params)
+
+    def abstract_state(self) -> TrainState:
+        """Shapes, dtypes and shardings of the state (what a restore needs)."""
+        unboxed = nn.meta.unbox(self._abstract_boxed)
+        return jax.tree_util.tree_map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            unboxed, self.state_shardings)
+
+    def _load_frozen(self):
+        abstract = self.objective.frozen_abstract()
+        if abstract is None:
+            return None, None
+        shardings = logical_shardings(abstract, self.mesh, self.rules)
+        return jax.device_put(self.objective.load_frozen(), shardings), shardings
+
+    # ----------------------------------------------------------------------------- steps
+    def _loss(self, params, batch, rng, frozen, deterministic):
+        with nn.logical_axis_rules(self.rules):
+            return self.objective.loss(params, batch, rng, deterministic=deterministic,
+                                       frozen=frozen)
+
+    def _step(self, state: TrainState, batch: dict, frozen):
+        rng = jax.random.fold_in(state.rng, state.step)  # one key per step, nothing to carry
+        grad_fn = jax.value_and_grad(
+            lambda p, b, r: self._loss(p, b, r, frozen, False), has_aux=True)
+        n = self.config.train.num_microbatches
+        if n == 1:
+            (loss, metrics), grads = grad_fn(state.params, batch, rng)
+        else:
+            # Strided slices (row i*n + k -> microbatch k) so each stays spread over the mesh.
+            micro = jax.tree_util.tree_map(
+                lambda x: jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1), batch)
+
+            def accumulate(carry, inputs):
+                k, mb = inputs
+                (loss, metrics), grads = grad_fn(state.params, mb, jax.random.fold_in(rng, k))
+                return jax.tree_util.tree_map(jnp.add, carry, (loss, metrics, grads)), None
+
+            zeros = jax.tree_util.tree_map(
+                jnp.zeros_like, jax.eval_shape(grad_fn, state.params,
+                                               jax.tree_util.tree_map(lambda x: x[0], micro), rng))
+            zeros = (zeros[0][0], zeros[0][1], zeros[1])
+            total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(n), micro))
+            loss, metrics, grads = jax.tree_util.tree_map(lambda x: x / n, total)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        consecutive, total_skipped = nonfinite_counts(opt_state)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+                       learning_rate=self.schedule(state.step),
+                       nonfinite_in_a_row=consecutive, nonfinite_total=total_skipped)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    def _eval(self, params, batch, frozen):
+        loss, metrics = self._loss(params, batch, jax.random.PRNGKey(0), frozen, True)
+        return dict(metrics, loss=loss)
+
+    def train_step(self, state, batch):
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            return self._train_step(state, self._global(batch), self.frozen)
+
+    def eval_step(self, params, batch):
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            return self._eval_step(params, self._global(batch), self.frozen)
+
+    def _global(self, local_batch: dict) -> dict:
+        """This host's rows -> one global array per key, sharded over (data, fsdp)."""
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
+                for k, v in local_batch.items()}
+
+    # ----------------------------------------------------------------------------- data
+    def batches(self, start_batch: int = 0):
+        from flaxbert.data.pipeline import BatchIterator
+        return BatchIterator(self.data_dirs, split="train",
+                             global_batch_size=self.config.train.global_batch_size,
+                             masking=self.masking, seed=self.config.data.seed,
+                             shuffle_buffer=self.config.data.shuffle_buffer,
+                             start_batch=start_batch)
+
+    def evaluate(self, params) -> dict | None:
+        from flaxbert.data.pipeline import BatchIterator
+        if not self.manifest.get("counts", {}).get("validation", {}).get("sequences", 0):
+            return None
+        batches = BatchIterator(self.data_dirs, split="validation",
+                                global_batch_size=self.config.train.global_batch_size,
+                                masking=self.masking, seed=self.config.data.seed, repeat=False)
+        totals, n = {}, 0
+        for batch in batches:
+            if n == self.config.train.eval_batches:
+                break
+            for k, v in jax.device_get(self.eval_step(params, batch)).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            n += 1
+        return {f"eval_{k}": v / n for k, v in totals.items()} if n else None
+
+    # ----------------------------------------------------------------------------- the run
+    def run(self) -> dict:
+        """Train to `train.num_steps` (resuming from the workdir's latest good checkpoint),
+        export at the end. Returns the last logged metrics."""
+        from flaxbert.training.reporting import MetricWriter, throughput
+        cfg = self.config
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._write_run_config()
+        ckpt = Checkpoints(self.workdir / "checkpoints", save_every=cfg.checkpoint.save_every,
+                           keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+        restored = ckpt.restore_latest(self.abstract_state())
+        if restored is None:
+            state, start = self.init_state(), 0
+            data_state = {"start_batch": 0}
+        else:
+            start, state, data_state = restored
+            log.warning("resumed from step %d in %s", start, ckpt.directory)
+            print(f"resumed from checkpoint at step {start}", flush=True)
+        batches = self.batches(int(data_state.get("start_batch", 0)))
+
+        stop = {"signal": None}
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum)) \
+            if _main_thread() else None
+        writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0,
+                              progress_total=cfg.train.num_steps, progress_start=start,
+                              progress_bar=cfg.train.progress_bar)
+        last, window, t0 = {}, [], time.perf_counter()
+        step = start
+        try:
+            for step in range(start, cfg.train.num_steps):
+                state, metrics = self.train_step(state, next(batches))
+                window.append(metrics)
+                done = step + 1
+                if done % cfg.train.log_every == 0 or done == cfg.train.num_steps:
+                    host = jax.device_get(window)
+                    elapsed = time.perf_counter() - t0
+                    last = {k: float(np.mean([m[k] for m in host])) for k in host[-1]}
+                    last.update(throughput(self, len(host), elapsed))
+                    writer.write(done, last)
+                    if host[-1]["nonfinite_in_a_row"] >= cfg.train.max_consecutive_nonfinite:
+                        raise TrainingHalted(
+                            f"{int(host[-1]['nonfinite_in_a_row'])} steps in a row had NaN/inf "
+                            f"gradients (limit train.max_consecutive_nonfinite="
+                            f"{cfg.train.max_consecutive_nonfinite}); stopping at step {done}")
+                    window, t0 = [], time.perf_counter()
+                ckpt.save(done, state, {"start_batch": batches.state()["start_batch"]})
+                if cfg.train.eval_every and done % cfg.train.eval_every == 0:
+                    writer.write(done, self.evaluate(state.params) or {})
+                if stop["signal"] is not None or ckpt.manager.reached_preemption(done):
+                    ckpt.save(done, state, {"start_batch": batches.state()["start_batch"]},
+                              force=done not in ckpt.steps())
+                    ckpt.wait()
+                    print(f"stopped by signal at step {done}; checkpoint saved, rerun to resume",
+                          flush=True)
+                    return last
+            done = cfg.train.num_steps
+            if done not in ckpt.steps():
+                ckpt.save(done, state, {"start_batch": batches.state()["start_batch"]}, force=True)
+            evaluation = self.evaluate(state.params)
+            if evaluation:
+                writer.write(done, evaluation)
+                last.update(evaluation)
+            ckpt.wait()
+            if cfg.export.at_end and jax.process_index() == 0:
+                self.export(state.params, self.workdir / "export" / f"step_{done}")
+        finally:
+            ckpt.close()
+            writer.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        return last
+
+    def _write_run_config(self):
+        if jax.process_index() != 0:
+            return
+        (self.workdir / "config.json").write_text(self.config.to_json_best_effort(indent=2))
+
+    def export(self, params, directory: str | Path) -> list[Path]:
+        """Write the objective's trained model(s) as transformers directories, with the data's
+        tokenizer; each written atomically."""
+        import flaxbert
+        tokenizer_dir = Path(self.data_dirs[0]) / "tokenizer"
+        extra = sorted(p for p in tokenizer_dir.iterdir() if p.is_file()) \
+            if tokenizer_dir.is_dir() else []
+        params = jax.device_get(params)
+        written = []
+        for sub, module, part in self.objective.export(params):
+            out = Path(directory) / sub if sub else Path(directory)
+            written.append(flaxbert.save_pretrained(out, module, part, format="hf",
+                                                    overwrite=True, extra_files=extra))
+        return written
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def restore_params(workdir: str | Path, step: int | None = None):
+    """(trainer, params) of a finished or running workdir, for export."""
+    workdir = Path(workdir)
+    config_file = workdir / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{workdir} has no config.json; is it a `flaxbert pretrain` "
+                                "workdir?")
+    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    trainer = Trainer(config, workdir)
+    ckpt = Checkpoints(workdir / "checkpoints", save_every=1, keep=None, async_save=False)
+    try:
+        if step is None:
+            restored = ckpt.restore_latest(trainer.abstract_state())
+            if restored is None:
+                raise FileNotFoundError(f"{workdir} holds no checkpoint yet")
+            step, state, _ = restored
+        else:
+            if step not in ckpt.steps():
+                raise ValueError(f"{workdir} has no checkpoint at step {step}; it has "
+                                 f"{ckpt.steps()}")
+            state, _ = ckpt.restore(step, trainer.abstract_state())
+    finally:
+        ckpt.close()
+    return trainer, step, state.params
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use `flaxbert pretrain`")
