@@ -57,7 +57,8 @@ def decay_mask(params) -> Any:
     """True where weight decay applies: not biases (any name with 'bias', e.g. XLNet's r_w_bias)
     and not LayerNorm scales, as in BERT's and transformers' recipes."""
     def decays(path, _):
-        name = str(getattr(path[-1], "key", path[-1]))
+        # The last dict key is the parameter's name (boxed trees add an attribute after it).
+        name = next(str(k.key) for k in reversed(path) if isinstance(k, jax.tree_util.DictKey))
         return "bias" not in name and name != "scale"
     return jax.tree_util.tree_map_with_path(decays, params)
 
