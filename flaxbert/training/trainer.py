@@ -93,7 +93,8 @@ def _masking(config, seq_len: int):
 class Trainer:
     """Builds everything a run needs from a config; `run()` trains, checkpoints and exports."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, *, devices=None):
+        """`devices`: the devices the mesh spans (default all; tests pass a subset)."""
         from flaxbert.data.pipeline import read_manifest
         from flaxbert.training.objectives import get_objective
 
@@ -109,7 +110,7 @@ class Trainer:
         self._check_data_fits_objective()
         self.masking = _masking(config, self.seq_len)
 
-        self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+        self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
         self.rules = tuple(tuple(r) for r in config.mesh.rules) or LOGICAL_AXIS_RULES
         batch_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         micro = config.train.global_batch_size // config.train.num_microbatches
