@@ -23,6 +23,9 @@ def _parse_pretrain_flags(argv: list[str]):
         flag_values=fv, sys_argv=["flaxbert pretrain", *argv])
     workdir = flags.DEFINE_string("workdir", None, "checkpoints, metrics and exports go here",
                                   flag_values=fv)
+    multihost = flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() first "
+                                  "(every host of a TPU pod slice runs the same command)",
+                                  flag_values=fv)
     try:
         rest = fv(["flaxbert pretrain", *argv])
     except flags.Error as e:
@@ -33,7 +36,7 @@ def _parse_pretrain_flags(argv: list[str]):
         raise ValueError("--config is required, e.g. --config configs/bert_tiny.py")
     if not workdir.value:
         raise ValueError("--workdir is required")
-    return config.value, workdir.value
+    return config.value, workdir.value, multihost.value
 
 
 def _pretrain(args) -> None:
@@ -43,8 +46,11 @@ def _pretrain(args) -> None:
     if not args.flags or args.flags[0] in ("-h", "--help"):
         print(__doc__)
         return
-    config, workdir = _parse_pretrain_flags(args.flags)
+    config, workdir, multihost = _parse_pretrain_flags(args.flags)
     logging.getLogger("absl").setLevel(logging.WARNING)
+    if multihost:
+        import jax
+        jax.distributed.initialize()
     try:
         last = Trainer(config, workdir).run()
     except TrainingHalted as e:

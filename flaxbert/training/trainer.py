@@ -93,16 +93,23 @@ def _masking(config, seq_len: int):
 class Trainer:
     """Builds everything a run needs from a config; `run()` trains, checkpoints and exports."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, *, devices=None):
-        """`devices`: the devices the mesh spans (default all; tests pass a subset)."""
-        from flaxbert.data.pipeline import read_manifest
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, *, devices=None,
+                 manifest: dict | None = None):
+        """`devices`: the devices the mesh spans (default all; tests pass a subset).
+        `manifest`: what the data looks like (max_seq_length, vocab_size, mode, special_ids);
+        read from data.train's manifests unless given (benchmarks feed synthetic batches)."""
         from flaxbert.training.objectives import get_objective
 
         check_config(config)
         self.config = config
         self.workdir = Path(workdir).absolute()
-        self.data_dirs = data_dirs(config)
-        self.manifest = read_manifest(self.data_dirs)
+        if manifest is None:
+            from flaxbert.data.pipeline import read_manifest
+            self.data_dirs = data_dirs(config)
+            manifest = read_manifest(self.data_dirs)
+        else:
+            self.data_dirs = []
+        self.manifest = manifest
         self.seq_len = int(self.manifest["max_seq_length"])
         self.model_config = model_config_for(config, self.manifest)
         settings = config.objective_settings.to_dict() if config.objective_settings else {}
