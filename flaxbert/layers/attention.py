@@ -8,6 +8,13 @@ Two implementations, chosen by `config.attention_impl`:
   zeros); a row that is not is poisoned with NaN rather than silently attended wrongly. Where cuDNN
   cannot run (no CUDA GPU, or a float32 compute dtype) it falls back, with a logged warning, to
   XLA's implementation of the same call, so the semantics stay the same everywhere.
+
+Packed rows (several examples per row, `flaxbert.packing`) carry `segment_ids`; `segment_mask`
+turns them into a block-diagonal (batch, 1, q_len, kv_len) mask that both implementations take.
+jax 0.10's public `jax.nn.dot_product_attention` has no segment-id or packed-offset arguments
+(cuDNN's ragged `q_offsets`/`kv_offsets` exist only in the private
+`jax._src.cudnn.fused_attention_stablehlo`), so the cuDNN path passes the block mask as its
+`mask`, which jax turns into an additive bias for the fused kernel.
 """
 from __future__ import annotations
 
@@ -38,14 +45,28 @@ def cudnn_unavailable_reason(dtype) -> str | None:
     return None
 
 
+def segment_mask(segment_ids, attention_mask=None):
+    """(batch, len) segment ids (1, 2, ... per packed example, 0 = padding) -> (batch, 1, len,
+    len) boolean mask: a query attends to the keys of its own segment only. Padding queries
+    attend to nothing (their outputs are never read). `attention_mask`, if given, also masks keys.
+    """
+    segment_ids = jnp.asarray(segment_ids)
+    keys = segment_ids > 0
+    if attention_mask is not None:
+        keys = keys & jnp.asarray(attention_mask).astype(bool)
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return (same & keys[:, None, :])[:, None]
+
+
 def dot_product_attention(query, key, value, *, mask=None, bias=None, impl: str = "xla",
                           scale: float | None = None, dropout_rate: float = 0.0, dropout_rng=None,
                           return_probs: bool = False):
     """Scaled dot-product attention.
 
     query: (batch, q_len, heads, head_dim); key, value: (batch, kv_len, heads, head_dim).
-    mask: (batch, kv_len), 1 where a key may be attended, or (xla only) a full mask
-    broadcastable to (batch, heads, q_len, kv_len). bias: broadcastable to
+    mask: (batch, kv_len), 1 where a key may be attended, or a full boolean mask
+    broadcastable to (batch, heads, q_len, kv_len) (`segment_mask` for packed rows). bias:
+    broadcastable to
     (batch, heads, q_len, kv_len), added to the scaled scores. scale: default head_dim ** -0.5.
     Dropout applies to the probabilities when `dropout_rng` is given. Returns (context like
     query, probabilities or None).
@@ -55,9 +76,9 @@ def dot_product_attention(query, key, value, *, mask=None, bias=None, impl: str 
         if return_probs:
             raise ValueError("attention probabilities need attention_impl='xla'; cuDNN does not "
                              "materialise them")
-        if mask is not None and mask.ndim != 2:
-            raise ValueError("cuDNN attention takes a (batch, kv_len) padding mask, got shape "
-                             f"{mask.shape}; use attention_impl='xla' for full masks")
+        if mask is not None and mask.ndim not in (2, 4):
+            raise ValueError("cuDNN attention takes a (batch, kv_len) padding mask or a "
+                             f"(batch, heads|1, q_len, kv_len) full mask, got shape {mask.shape}")
         return _cudnn_attention(query, key, value, mask, bias, scale, dropout_rate,
                                 dropout_rng), None
     if impl != "xla":
@@ -88,6 +109,10 @@ def _cudnn_attention(query, key, value, mask, bias, scale, dropout_rate, dropout
         _warn_once("cuDNN attention has no dropout on attention probabilities: "
                    f"attention_probs_dropout_prob={dropout_rate} is not applied "
                    "(hidden-state dropout still is). Use attention_impl='xla' to keep it.")
+    impl = "cudnn" if reason is None else "xla"
+    if mask is not None and mask.ndim == 4:  # packed rows: the block mask becomes a bias
+        return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask.astype(bool),
+                                            scale=scale, implementation=impl)
     lengths = None
     if mask is not None:
         mask = mask.astype(jnp.int32)
@@ -96,7 +121,7 @@ def _cudnn_attention(query, key, value, mask, bias, scale, dropout_rate, dropout
         right_padded = jnp.all(mask == (positions[None, :] < lengths[:, None]), axis=-1)
     out = jax.nn.dot_product_attention(
         query, key, value, bias=bias, key_value_seq_lengths=lengths, scale=scale,
-        implementation="cudnn" if reason is None else "xla")
+        implementation=impl)
     if mask is not None:
         # A mask with holes cannot be expressed as lengths: make such rows loudly wrong (NaN).
         out = jnp.where(right_padded[:, None, None, None], out, jnp.nan)
@@ -142,7 +167,8 @@ class SelfAttention(nn.Module):
         return None
 
     def expand_mask(self, mask, impl: str):
-        """The mask the attention function gets; (batch, kv_len) marks padded keys."""
+        """The mask the attention function gets from a (batch, kv_len) padding mask (a full
+        (batch, 1, q_len, kv_len) mask, as packed rows give, goes through unchanged)."""
         return mask
 
     @nn.compact
@@ -157,7 +183,8 @@ class SelfAttention(nn.Module):
         rng = None if self.deterministic or rate == 0.0 else self.make_rng("dropout")
         # Probabilities exist only in the reference implementation.
         impl = "xla" if output_attentions else cfg.attention_impl
-        mask = None if mask is None else self.expand_mask(mask, impl)
+        if mask is not None and mask.ndim == 2:
+            mask = self.expand_mask(mask, impl)
         context, probs = dot_product_attention(
             query, key, value, mask=mask, bias=self.bias(query, key, *extra), impl=impl,
             scale=self.scale(), dropout_rate=rate, dropout_rng=rng,

@@ -32,8 +32,11 @@ def check_ids(name: str, ids, limit: int, limit_name: str) -> None:
 
 
 def check_tokens(cfg: EncoderConfig, input_ids, attention_mask=None, token_type_ids=None,
-                 position_ids=None, rank: int = 2) -> None:
-    """Validate a batch of token inputs of shape (batch, length) (rank 3 for multiple choice)."""
+                 position_ids=None, rank: int = 2, segment_ids=None) -> None:
+    """Validate a batch of token inputs of shape (batch, length) (rank 3 for multiple choice).
+
+    `segment_ids` (packed rows, see flaxbert.packing) need explicit `position_ids`: the default
+    positions would count on across the examples of a row."""
     shape = jnp.shape(input_ids)
     if len(shape) != rank:
         layout = "(batch, length)" if rank == 2 else "(batch, num_choices, length)"
@@ -44,8 +47,11 @@ def check_tokens(cfg: EncoderConfig, input_ids, attention_mask=None, token_type_
         raise ValueError(f"sequence length {shape[-1]} exceeds the {cfg.max_sequence_length} "
                          f"positions this model has (max_position_embeddings="
                          f"{cfg.max_position_embeddings})")
+    if segment_ids is not None and position_ids is None:
+        raise ValueError("segment_ids (packed rows) need position_ids that restart at each "
+                         "example; flaxbert.packing.pack_examples makes both")
     for name, arr in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids),
-                      ("position_ids", position_ids)):
+                      ("position_ids", position_ids), ("segment_ids", segment_ids)):
         if arr is not None and jnp.shape(arr) != shape:
             raise ValueError(f"{name} has shape {jnp.shape(arr)}, input_ids has {shape}")
         if arr is not None and not (jnp.issubdtype(jnp.result_type(arr), jnp.integer)
@@ -57,6 +63,10 @@ def check_tokens(cfg: EncoderConfig, input_ids, attention_mask=None, token_type_
     if position_ids is not None:
         check_ids("position_ids", position_ids, cfg.max_position_embeddings,
                   "max_position_embeddings")
+    if segment_ids is not None and _is_concrete(segment_ids) and np.size(segment_ids) \
+            and int(np.min(segment_ids)) < 0:
+        raise ValueError(f"segment_ids contains {int(np.min(segment_ids))}; use 0 for padding "
+                         "and 1, 2, ... for the examples of a row")
 
 
 def _lookup(table: nn.Embed, ids):

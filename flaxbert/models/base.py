@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
+from flaxbert.layers.attention import segment_mask
 from flaxbert.layers.config import EncoderConfig
 from flaxbert.layers.embeddings import Embeddings, check_tokens
 from flaxbert.layers.encoder import Encoder
@@ -53,18 +54,31 @@ class Backbone(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 output_hidden_states: bool = False, output_attentions: bool = False) -> Output:
+                 segment_ids=None, output_hidden_states: bool = False,
+                 output_attentions: bool = False) -> Output:
+        """`segment_ids` (batch, length): packed rows (flaxbert.packing), 1, 2, ... per example
+        and 0 for padding; attention then stays within each example."""
         cfg = self.config
-        check_tokens(cfg, input_ids, attention_mask, token_type_ids, position_ids)
+        check_tokens(cfg, input_ids, attention_mask, token_type_ids, position_ids,
+                     segment_ids=segment_ids)
         if position_ids is None:
             position_ids = self.default_position_ids(input_ids)
+        encoder = self.encoder_cls(cfg, self.deterministic, name="encoder")
+        mask = attention_mask
+        if segment_ids is not None:
+            if getattr(encoder, "works_between_layers", lambda: False)():
+                raise ValueError(f"{type(encoder).__name__} mixes neighbouring tokens between "
+                                 "layers (a convolution), which would cross packed examples; "
+                                 "run this config unpacked")
+            mask = segment_mask(segment_ids, attention_mask)
+            if attention_mask is None:
+                attention_mask = (segment_ids > 0).astype(jnp.int32)
         x = self.embed(input_ids, attention_mask, token_type_ids, position_ids)
         if x.shape[-1] != cfg.hidden_size:  # ALBERT, ELECTRA: narrow embeddings
             x = dense(cfg, cfg.hidden_size, ("embed_proj", "embed"), "embeddings_project")(x)
         embedded = x
-        x, hidden, probs = self.encoder_cls(cfg, self.deterministic, name="encoder")(
-            x, attention_mask, output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions)
+        x, hidden, probs = encoder(x, mask, output_hidden_states=output_hidden_states,
+                                   output_attentions=output_attentions)
         return Output(
             last_hidden_state=x,
             pooler_output=self.pooler_cls(cfg, name="pooler")(x) if self.add_pooling_layer else None,
@@ -104,15 +118,19 @@ class TaskModel(nn.Module):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
                  deterministic=True, output_hidden_states=False, output_attentions=False,
-                 **head_inputs) -> Output:
+                 segment_ids=None, **head_inputs) -> Output:
         inputs = (input_ids, attention_mask, token_type_ids, position_ids)
         if self.input_rank == 3:  # fold the choices into the batch
+            if segment_ids is not None:
+                raise ValueError("segment_ids (packed rows) do not apply to multiple choice")
             check_tokens(self.config, *inputs, rank=3)
             inputs = tuple(None if x is None else x.reshape(-1, x.shape[-1]) for x in inputs)
         backbone = self.backbone_cls(self.config, deterministic, add_pooling_layer=self.uses_pooler,
                                      shared_embeddings=self.shared_embeddings, name="backbone")
+        # Only packed calls pass segment_ids, so backbones without them keep their signature.
+        packed = {} if segment_ids is None else {"segment_ids": segment_ids}
         out = backbone(*inputs, output_hidden_states=output_hidden_states,
-                       output_attentions=output_attentions)
+                       output_attentions=output_attentions, **packed)
         result = self.head(backbone, out, inputs[1], deterministic, **head_inputs)
         if self.input_rank == 3:
             result["logits"] = result["logits"].reshape(input_ids.shape[:2])
