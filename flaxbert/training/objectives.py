@@ -1,0 +1,515 @@
+"""Pre-training objectives: which network, which batch, which loss; one class a paper.
+
+    objective = get_objective("mlm_nsp", flaxbert.get_config("bert-base-uncased"))
+    variables = objective.init(rng, batch)                     # boxed {"params": ...}
+    params = nn.meta.unbox(variables)["params"]
+    loss, metrics = objective.loss(params, batch, rng, deterministic=False)   # jit-able
+
+Batches come from the data pipeline. "mlm" data: input_ids (already masked), attention_mask,
+token_type_ids, masked_positions / masked_ids / masked_weights (B, P) and, for a sentence-pair
+task, pair_label (B,). "plm" data: input_ids, attention_mask, token_type_ids only; XLNet's
+permutation inputs are drawn inside the jitted step.
+
+| name         | paper      | network                                   | loss                            |
+|--------------|------------|-------------------------------------------|---------------------------------|
+| mlm          | RoBERTa, DeBERTa | the family's "masked-lm"            | MLM                             |
+| mlm_nsp      | BERT       | "pretraining" (MLM + pair head)           | MLM + NSP                       |
+| mlm_sop      | ALBERT     | "pretraining" (MLM + pair head)           | MLM + SOP                       |
+| rtd          | ELECTRA    | ElectraPair (shared embeddings)           | generator MLM + rtd_weight * RTD|
+| distillation | DistilBERT | "masked-lm" student, frozen teacher       | a_ce KL_T + a_mlm MLM + a_cos cos|
+| plm          | XLNet      | XLNet "lm"                                | permutation LM                  |
+
+Settings are per objective (`Objective.defaults` lists them); an unknown one is an error.
+Losses are computed in float32 whatever the model's compute dtype (`flaxbert.training.losses`).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flaxbert.layers.config import EncoderConfig
+from flaxbert.models import registry
+from flaxbert.models.base import ForPreTraining
+from flaxbert.models.permutation import IGNORE
+from flaxbert.training import losses
+
+TOKEN_KEYS = ("input_ids", "attention_mask")  # token_type_ids is used when present
+MASK_KEYS = ("masked_positions", "masked_ids", "masked_weights")
+# The pieces XLNet's SentencePiece vocabularies reserve (released checkpoints and
+# flaxbert.tokenizer_training alike): <unk> <s> </s> <cls> <sep> <pad> <mask> <eod> <eop>.
+XLNET_SPECIAL_IDS = tuple(range(9))
+
+
+class Objective:
+    """Base class: a task model, the batch it reads and its loss. See the module docstring."""
+
+    name: ClassVar[str]
+    data: ClassVar[str] = "mlm"  # "mlm": masked batches; "plm": plain ids
+    pair_task: ClassVar[str | None] = None  # "nsp" / "sop": the batch must carry pair_label
+    task: ClassVar[str] = "masked-lm"  # the family task the network is
+    needs_rng: ClassVar[bool] = False  # draws random numbers even when deterministic
+    defaults: ClassVar[dict[str, Any]] = {"label_smoothing": 0.0}
+
+    def __init__(self, model_config: EncoderConfig, settings: Mapping[str, Any] | None = None):
+        if not isinstance(model_config, EncoderConfig):
+            raise TypeError(f"objective {self.name!r} needs an EncoderConfig, got "
+                            f"{type(model_config).__name__}")
+        settings = dict(settings or {})
+        unknown = sorted(set(settings) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"objective {self.name!r} has no setting(s) {unknown}; its settings "
+                             f"are {sorted(self.defaults)}")
+        self.config = model_config
+        self.settings = {**self.defaults, **settings}
+        self.model = self.build_model()
+
+    # ------------------------------------------------------------------ what subclasses change
+
+    def build_model(self) -> nn.Module:
+        family = registry.family_of(self.config)
+        if self.task not in family.task_models:
+            raise ValueError(f"objective {self.name!r} needs a {self.task!r} model, which "
+                             f"{family.name} does not have (it has {sorted(family.task_models)})")
+        return family.model(self.task, self.config)
+
+    def compute(self, params, batch, rng, deterministic: bool, frozen) -> tuple[jax.Array, dict]:
+        raise NotImplementedError
+
+    def head_inputs(self, batch) -> dict:
+        """Extra keyword inputs of the network (init and loss)."""
+        return {"masked_positions": batch["masked_positions"]} if self.data == "mlm" else {}
+
+    # ------------------------------------------------------------------ the interface
+
+    def required_keys(self) -> tuple[str, ...]:
+        keys = TOKEN_KEYS + (MASK_KEYS if self.data == "mlm" else ())
+        return keys + (("pair_label",) if self.pair_task else ())
+
+    def check_batch(self, batch: Mapping[str, Any]) -> None:
+        """Raise ValueError/TypeError naming what is missing or malformed (shapes only: it
+        works on tracers and ShapeDtypeStructs too)."""
+        missing = [k for k in self.required_keys() if k not in batch]
+        if missing:
+            extra = f" ({self.pair_task} labels)" if "pair_label" in missing else ""
+            raise ValueError(f"objective {self.name!r} needs batch key(s) {missing}{extra}; the "
+                             f"batch has {sorted(batch)}")
+        shape = jnp.shape(batch["input_ids"])
+        if len(shape) != 2:
+            raise ValueError(f"input_ids must be (batch, length), got shape {shape}")
+        for key in ("attention_mask", "token_type_ids"):
+            if key in batch and jnp.shape(batch[key]) != shape:
+                raise ValueError(f"{key} has shape {jnp.shape(batch[key])}, input_ids {shape}")
+        if self.data == "mlm":
+            slots = jnp.shape(batch["masked_positions"])
+            if len(slots) != 2 or slots[0] != shape[0]:
+                raise ValueError(f"masked_positions must be (batch, predictions) with batch "
+                                 f"{shape[0]}, got {slots}")
+            for key in MASK_KEYS[1:]:
+                if jnp.shape(batch[key]) != slots:
+                    raise ValueError(f"{key} has shape {jnp.shape(batch[key])}, "
+                                     f"masked_positions {slots}")
+            for key in ("masked_positions", "masked_ids"):
+                if not jnp.issubdtype(batch[key].dtype, jnp.integer):
+                    raise TypeError(f"{key} must be integers, got {batch[key].dtype}")
+        if self.pair_task and jnp.shape(batch["pair_label"]) != shape[:1]:
+            raise ValueError(f"pair_label must be (batch,) = {shape[:1]}, got "
+                             f"{jnp.shape(batch['pair_label'])}")
+
+    def init(self, rng, batch) -> dict:
+        """Boxed variables {"params": ...} (nn.Partitioned leaves keep their logical axes)."""
+        self.check_batch(batch)
+        return self.model.init({"params": rng}, *self.tokens(batch), **self.head_inputs(batch))
+
+    def loss(self, params, batch, rng=None, *, deterministic: bool, frozen=None
+             ) -> tuple[jax.Array, dict]:
+        """(float32 loss, float32 scalar metrics incl. "loss"). Pure and jit-able; `rng` drives
+        dropout (unless deterministic) and any sampling; `frozen` is load_frozen()'s tree."""
+        self.check_batch(batch)
+        if rng is None and (self.needs_rng or not deterministic):
+            raise ValueError(f"objective {self.name!r} needs an rng "
+                             f"({'it samples' if self.needs_rng else 'dropout'})")
+        loss, metrics = self.compute(params, batch, rng, deterministic, frozen)
+        return loss, {**metrics, "loss": loss}
+
+    def task_name(self) -> str:
+        """The task of the one model trained (what a checkpoint to start from is loaded as)."""
+        return self.task
+
+    def frozen_abstract(self) -> dict | None:
+        """Boxed abstract params (eval_shape of init, ["params"]) of the non-trained network
+        (distillation's teacher); load_frozen() returns the same tree, concrete and unboxed."""
+        return None
+
+    def load_frozen(self) -> dict | None:
+        """Concrete unboxed params of the non-trained network (`frozen` of loss)."""
+        return None
+
+    def export(self, params) -> list[tuple[str, nn.Module, dict]]:
+        """(subdirectory or "", task model, params) to write with flaxbert.save_pretrained."""
+        return [("", self.model, params)]
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def tokens(batch) -> tuple:
+        return batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+
+    def apply(self, model, params, tokens, rng, deterministic, **kwargs):
+        rngs = None if deterministic else {"dropout": rng}
+        return model.apply({"params": params}, *tokens, deterministic=deterministic, rngs=rngs,
+                           **kwargs)
+
+    def mlm(self, logits, batch):
+        return losses.masked_lm_loss(logits, batch["masked_ids"], batch["masked_weights"],
+                                     label_smoothing=self.settings["label_smoothing"])
+
+
+class MaskedLM(Objective):
+    """RoBERTa / DeBERTa (and DistilBERT without a teacher): MLM on the masked positions only."""
+
+    name = "mlm"
+
+    def compute(self, params, batch, rng, deterministic, frozen):
+        out = self.apply(self.model, params, self.tokens(batch), rng, deterministic,
+                         **self.head_inputs(batch))
+        return self.mlm(out.logits, batch)
+
+
+class MaskedLMWithPair(MaskedLM):
+    """MLM + a sentence-pair task on the pooled output of the family's "pretraining" model."""
+
+    task = "pretraining"
+
+    def build_model(self):
+        model = super().build_model()
+        if not isinstance(model, ForPreTraining):
+            raise ValueError(f"objective {self.name!r} needs an MLM + sentence-pair pretraining "
+                             f"model; {registry.family_of(self.config).name}'s is "
+                             f"{type(model).__name__}")
+        return model
+
+    def compute(self, params, batch, rng, deterministic, frozen):
+        out = self.apply(self.model, params, self.tokens(batch), rng, deterministic,
+                         **self.head_inputs(batch))
+        mlm, metrics = self.mlm(out.prediction_logits, batch)
+        pair, pair_metrics = losses.sentence_pair_loss(out[self.model.pair_output],
+                                                       batch["pair_label"], self.pair_task)
+        return mlm + pair, {**metrics, **pair_metrics}
+
+
+class MaskedLMNextSentence(MaskedLMWithPair):
+    """BERT: MLM + next-sentence prediction (seq_relationship_logits)."""
+
+    name = "mlm_nsp"
+    pair_task = "nsp"
+
+
+class MaskedLMSentenceOrder(MaskedLMWithPair):
+    """ALBERT: MLM + sentence-order prediction (sop_logits)."""
+
+    name = "mlm_sop"
+    pair_task = "sop"
+
+
+# ----------------------------------------------------------------------------- ELECTRA
+
+def generator_config(discriminator: EncoderConfig, generator: str | EncoderConfig | None = None,
+                     size: float = 0.25) -> EncoderConfig:
+    """ELECTRA's generator config: a registered name or config (its vocabulary, positions, token
+    types and run-time fields follow the discriminator's), or `size` times the discriminator
+    (hidden, heads, intermediate scaled; the same layers and embedding size). The paper's
+    generators are 1/4 (base, large) to 1/3 (small) of the discriminator."""
+    if generator is not None:
+        config = registry.get_config(generator) if isinstance(generator, str) else generator
+        if type(config) is not type(discriminator):
+            raise ValueError(f"generator config is a {type(config).__name__}, the discriminator's "
+                             f"a {type(discriminator).__name__}")
+        follow = ("vocab_size", "max_position_embeddings", "type_vocab_size", "pad_token_id",
+                  "dtype", "param_dtype", "attention_impl", "scan_layers", "remat_policy")
+        config = config.replace(**{k: getattr(discriminator, k) for k in follow})
+    else:
+        if not 0 < size <= 1:
+            raise ValueError(f"generator_size={size} must be in (0, 1]")
+        heads = max(1, round(discriminator.num_attention_heads * size))
+        hidden = heads * max(1, round(discriminator.hidden_size * size / heads))
+        config = discriminator.replace(
+            hidden_size=hidden, num_attention_heads=heads,
+            intermediate_size=max(1, round(discriminator.intermediate_size * size)))
+    if config.hidden_size > discriminator.hidden_size:
+        raise ValueError(f"the generator (hidden_size={config.hidden_size}) is wider than the "
+                         f"discriminator (hidden_size={discriminator.hidden_size}); ELECTRA's "
+                         "generator is smaller (1/4 to 1/2 of it)")
+    return config
+
+
+def sample_tokens(key, logits, *, temperature: float = 1.0, method: str = "categorical"):
+    """One id a position from softmax(logits / temperature), with no gradient to the logits.
+    "categorical": jax.random.categorical; "gumbel": argmax of logits + Gumbel noise (the
+    original ELECTRA code's way; the same distribution)."""
+    if temperature <= 0:
+        raise ValueError(f"sampling temperature={temperature} must be > 0")
+    logits = jax.lax.stop_gradient(logits).astype(jnp.float32) / temperature
+    if method == "categorical":
+        return jax.random.categorical(key, logits).astype(jnp.int32)
+    if method == "gumbel":
+        return jnp.argmax(logits + jax.random.gumbel(key, logits.shape), -1).astype(jnp.int32)
+    raise ValueError(f"sampling={method!r}; choose 'categorical' or 'gumbel'")
+
+
+def replace_masked_tokens(input_ids, masked_positions, masked_ids, masked_weights, sampled):
+    """The discriminator's input: `sampled` (B, P) written at the real masked positions, every
+    other token unchanged; and is_replaced (B, S), true where a sample differs from the
+    original id (a correct sample counts as original, as in the paper)."""
+    input_ids = jnp.asarray(input_ids)
+    batch, length = input_ids.shape
+    # Padding slots point past the end and are dropped, so they never overwrite a token.
+    positions = jnp.where(masked_weights > 0, masked_positions, length)
+    rows = jnp.arange(batch)[:, None]
+    ids = input_ids.at[rows, positions].set(sampled.astype(input_ids.dtype), mode="drop")
+    changed = sampled != masked_ids
+    is_replaced = jnp.zeros((batch, length), bool).at[rows, positions].set(changed, mode="drop")
+    return ids, is_replaced
+
+
+class ReplacedTokenDetection(Objective):
+    """ELECTRA: the generator's MLM on the masked positions, its samples written there, the
+    discriminator told which tokens were replaced; loss = gen MLM + rtd_weight * RTD. One
+    embedding is shared (ElectraPair) and gets gradient from both."""
+
+    name = "rtd"
+    needs_rng = True
+    defaults = {"label_smoothing": 0.0, "generator": None, "generator_size": 0.25,
+                "rtd_weight": 50.0, "sampling": "categorical", "temperature": 1.0}
+
+    def build_model(self):
+        from flaxbert.models.electra import ElectraConfig, ElectraPair
+        if not isinstance(self.config, ElectraConfig):
+            raise ValueError(f"objective 'rtd' trains an ELECTRA pair; got a "
+                             f"{type(self.config).__name__}")
+        if self.settings["sampling"] not in ("categorical", "gumbel"):
+            raise ValueError(f"sampling={self.settings['sampling']!r}; choose 'categorical' or "
+                             "'gumbel'")
+        self.generator_config = generator_config(self.config, self.settings["generator"],
+                                                 self.settings["generator_size"])
+        return ElectraPair(self.generator_config, self.config)
+
+    def corrupt(self, params, batch, rng, deterministic):
+        """The generator's logits at the masked positions (B, P, V), the discriminator's input
+        ids with its samples written there (B, S), and is_replaced (B, S)."""
+        from flaxbert.models.electra import ElectraPair
+        gen_key, sample_key = jax.random.split(rng)
+        tokens = self.tokens(batch)
+        generated = self.apply(self.model, params, tokens, gen_key, deterministic,
+                               masked_positions=batch["masked_positions"],
+                               method=ElectraPair.generate)
+        sampled = sample_tokens(sample_key, generated.logits,
+                                temperature=self.settings["temperature"],
+                                method=self.settings["sampling"])
+        ids, is_replaced = replace_masked_tokens(tokens[0], batch["masked_positions"],
+                                                 batch["masked_ids"], batch["masked_weights"],
+                                                 sampled)
+        return generated.logits, ids, is_replaced
+
+    def compute(self, params, batch, rng, deterministic, frozen):
+        from flaxbert.models.electra import ElectraPair
+        corrupt_key, disc_key = jax.random.split(rng)
+        gen_logits, ids, is_replaced = self.corrupt(params, batch, corrupt_key, deterministic)
+        gen_loss, metrics = self.mlm(gen_logits, batch)
+        tokens = self.tokens(batch)
+        disc = self.apply(self.model, params, (ids,) + tokens[1:], disc_key, deterministic,
+                          method=ElectraPair.discriminate)
+        rtd, rtd_metrics = losses.replaced_token_detection_loss(disc.logits, is_replaced,
+                                                                tokens[1])
+        return gen_loss + self.settings["rtd_weight"] * rtd, {**metrics, **rtd_metrics}
+
+    def task_name(self):
+        raise ValueError("objective 'rtd' trains a generator + discriminator pair, not one "
+                         "task model; it cannot start from a single checkpoint")
+
+    def export(self, params):
+        gen_params, disc_params = self.model.split(params)
+        family = registry.family_of(self.config)
+        return [("generator", family.model("masked-lm", self.generator_config), gen_params),
+                ("discriminator", family.model("pretraining", self.config), disc_params)]
+
+
+# ----------------------------------------------------------------------------- DistilBERT
+
+class Distillation(MaskedLM):
+    """DistilBERT: the student (the config's "masked-lm" model) learns from a frozen teacher's
+    softened logits at the masked positions, the MLM labels and the teacher's last hidden states.
+
+    settings["teacher"] is a checkpoint directory (transformers or flaxbert, loaded with
+    flaxbert.from_pretrained) or a registered name initialised from teacher_seed (tests);
+    teacher_overrides are config fields for it. The student's compute dtype applies to both."""
+
+    name = "distillation"
+    defaults = {"label_smoothing": 0.0, "teacher": None, "teacher_seed": 0,
+                "teacher_overrides": {}, "alpha_ce": 5.0, "alpha_mlm": 2.0, "alpha_cos": 1.0,
+                "temperature": 2.0}
+
+    def build_model(self):
+        student = super().build_model()
+        teacher = self.settings["teacher"]
+        if teacher is None:
+            raise ValueError("objective 'distillation' needs settings['teacher']: a checkpoint "
+                             "directory or a registered model name")
+        overrides = {"dtype": self.config.dtype, **dict(self.settings["teacher_overrides"])}
+        self._teacher_params = None
+        if os.path.isdir(teacher):
+            import flaxbert
+            self.teacher, self._teacher_params = flaxbert.from_pretrained(
+                teacher, "masked-lm", **overrides)
+        else:
+            self.teacher = registry.create_model(teacher, "masked-lm", **overrides)
+        t, s = self.teacher.config, self.config
+        if t.vocab_size != s.vocab_size:
+            raise ValueError(f"the teacher's vocab_size={t.vocab_size} differs from the "
+                             f"student's {s.vocab_size}; distillation compares their logits")
+        if self.settings["alpha_cos"] and t.hidden_size != s.hidden_size:
+            raise ValueError(f"the teacher's hidden_size={t.hidden_size} differs from the "
+                             f"student's {s.hidden_size}; the cosine loss (alpha_cos="
+                             f"{self.settings['alpha_cos']}) needs them equal (or set alpha_cos=0)")
+        return student
+
+    def frozen_abstract(self):
+        return jax.eval_shape(lambda key: self.teacher.init(key, **self.teacher.dummy_inputs()),
+                              jax.random.key(0))["params"]
+
+    def load_frozen(self):
+        if self._teacher_params is None:
+            import flaxbert
+            return flaxbert.init_params(self.teacher, self.settings["teacher_seed"])
+        return self._teacher_params
+
+    def compute(self, params, batch, rng, deterministic, frozen):
+        if frozen is None:
+            raise ValueError("objective 'distillation' needs the teacher's params: "
+                             "loss(..., frozen=objective.load_frozen())")
+        s = self.settings
+        with_hidden = bool(s["alpha_cos"])
+        tokens, head_inputs = self.tokens(batch), self.head_inputs(batch)
+        teacher = self.teacher.apply({"params": jax.lax.stop_gradient(frozen)}, *tokens,
+                                     deterministic=True, output_hidden_states=with_hidden,
+                                     **head_inputs)
+        teacher = jax.lax.stop_gradient(teacher)
+        student = self.apply(self.model, params, tokens, rng, deterministic,
+                             output_hidden_states=with_hidden, **head_inputs)
+        mlm, metrics = self.mlm(student.logits, batch)
+        hidden = ((student.hidden_states[-1], teacher.hidden_states[-1]) if with_hidden
+                  else (None, None))
+        distill, distill_metrics = losses.distillation_losses(
+            student.logits, teacher.logits, batch["masked_weights"], s["temperature"], *hidden,
+            tokens[1], alpha_ce=s["alpha_ce"], alpha_cos=s["alpha_cos"])
+        return distill + s["alpha_mlm"] * mlm, {**metrics, **distill_metrics}
+
+
+# ----------------------------------------------------------------------------- XLNet
+
+def factorisation_orders(key, batch: int, length: int, perm_size: int | None = None):
+    """(batch, length) int32: each token's place in a factorisation order sampled per row; the
+    JAX twin of flaxbert.models.permutation.factorisation_order (chunks of perm_size permuted
+    alike)."""
+    perm_size = length if perm_size is None else perm_size
+    if perm_size < 1 or length % perm_size:
+        raise ValueError(f"perm_size={perm_size} must divide the length {length}")
+    perms = jax.vmap(lambda k: jax.random.permutation(k, perm_size))(jax.random.split(key, batch))
+    return orders_from_permutations(perms, length)
+
+
+def orders_from_permutations(perms, length: int):
+    """(batch, perm_size) permutations -> (batch, length) places in the order."""
+    chunks = jnp.arange(length).reshape(-1, perms.shape[-1]).T  # (perm_size, chunks)
+    return jax.vmap(lambda p: chunks[p].T.reshape(-1))(perms).astype(jnp.int32)
+
+
+def partial_prediction_inputs(input_ids, attention_mask, orders, *, K: float = 6,
+                              num_predict: int | None = None, special_ids: Sequence[int] = (),
+                              pad_token_id: int | None = None) -> dict:
+    """XLNet's partial prediction inside jit: each row predicts the last ceil(n / K) of its n
+    ordinary tokens in `orders` (special, padding and attention_mask-0 tokens are context,
+    never predicted). Returns perm_mask (B, S, S), target_mapping (B, num_predict, S) and labels
+    (B, num_predict; IGNORE past a row's predictions), what
+    flaxbert.models.permutation.partial_prediction_batch builds in NumPy for the same orders
+    (leak-free mask, real ids kept). num_predict defaults to ceil(S / K): static shapes."""
+    if not K >= 1:
+        raise ValueError(f"plm_K={K} must be >= 1 (K=1 predicts every token)")
+    length = input_ids.shape[1]
+    num_predict = math.ceil(length / K) if num_predict is None else num_predict
+    if num_predict < 1:
+        raise ValueError(f"num_predict={num_predict} must be >= 1")
+    functional = jnp.isin(input_ids, jnp.asarray(tuple(special_ids), jnp.int32)) | (
+        attention_mask == 0)
+    if pad_token_id is not None:
+        functional |= input_ids == pad_token_id
+    candidates = ~functional
+    n = candidates.sum(-1)
+    per_row = (n + int(K) - 1) // int(K) if float(K).is_integer() else jnp.ceil(n / K)
+    count = jnp.minimum(per_row.astype(jnp.int32), num_predict)
+
+    def row(candidate, order, count, ids):
+        # Context tokens sort first; the last `count` in the order are the targets.
+        by_order = jnp.argsort(jnp.where(candidate, order, -1), stable=True)
+        targets = jnp.zeros(length, bool).at[by_order].set(jnp.arange(length) >= length - count)
+        rank = jnp.where(targets, order, -1)
+        perm_mask = ((rank[:, None] <= rank[None, :]) & targets[None, :]).astype(jnp.float32)
+        where = jnp.argsort(~targets, stable=True)[:num_predict]  # target positions, ascending
+        valid = jnp.arange(num_predict) < count
+        mapping = jax.nn.one_hot(where, length, dtype=jnp.float32) * valid[:, None]
+        labels = jnp.where(valid, ids[where], IGNORE)
+        return perm_mask, mapping, labels
+
+    perm_mask, mapping, labels = jax.vmap(row)(candidates, orders, count, input_ids)
+    return {"perm_mask": perm_mask, "target_mapping": mapping, "labels": labels}
+
+
+class PermutationLM(Objective):
+    """XLNet: sample a factorisation order per row inside the step, predict its last 1/plm_K of
+    the ordinary tokens through the query stream (num_predict of them at most, static)."""
+
+    name = "plm"
+    data = "plm"
+    task = "lm"
+    needs_rng = True
+    defaults = {"plm_K": 6, "num_predict": None, "perm_size": None,
+                "special_ids": XLNET_SPECIAL_IDS}
+
+    def build_model(self):
+        if not self.settings["plm_K"] >= 1:
+            raise ValueError(f"plm_K={self.settings['plm_K']} must be >= 1")
+        return super().build_model()
+
+    def plm_inputs(self, key, batch) -> dict:
+        s = self.settings
+        ids = batch["input_ids"]
+        orders = factorisation_orders(key, ids.shape[0], ids.shape[1], s["perm_size"])
+        return partial_prediction_inputs(ids, batch["attention_mask"], orders, K=s["plm_K"],
+                                         num_predict=s["num_predict"],
+                                         special_ids=s["special_ids"],
+                                         pad_token_id=self.config.pad_token_id)
+
+    def compute(self, params, batch, rng, deterministic, frozen):
+        order_key, dropout_key = jax.random.split(rng)
+        plm = self.plm_inputs(order_key, batch)
+        out = self.apply(self.model, params, self.tokens(batch), dropout_key, deterministic,
+                         perm_mask=plm["perm_mask"], target_mapping=plm["target_mapping"],
+                         use_mems=False)
+        return losses.permutation_lm_loss(out.logits, plm["labels"])
+
+
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (
+    MaskedLM, MaskedLMNextSentence, MaskedLMSentenceOrder, ReplacedTokenDetection, Distillation,
+    PermutationLM)}
+
+
+def get_objective(name: str, model_config: EncoderConfig,
+                  settings: Mapping[str, Any] | None = None) -> Objective:
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name](model_config, settings)
