@@ -84,7 +84,8 @@ def bench_jax(args, config) -> list[dict]:
         c.train.global_batch_size = args.batch_size
         c.train.num_steps = args.steps + args.warmup + 1
         trainer = Trainer(c, "/tmp/flaxbert-bench", manifest={
-            "max_seq_length": args.seq_len, "vocab_size": config.vocab_size, "mode": "bench"})
+            "max_seq_length": args.seq_len, "mode": "bench",
+            "tokenizer": {"vocab_size": config.vocab_size, "special_ids": {}}})
         state = trainer.init_state()
         holder = {"state": state}
 

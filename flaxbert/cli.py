@@ -64,8 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from flaxbert.tokenizer_training import add_train_tokenizer_parser
     add_train_tokenizer_parser(commands)
+    from flaxbert.data.prepare import add_prepare_parser
+    add_prepare_parser(commands)
     from flaxbert.training.cli import add_training_parsers
     add_training_parsers(commands)
+    from flaxbert.bench import add_bench_parser
+    add_bench_parser(commands)
     return parser
 
 

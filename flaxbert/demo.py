@@ -123,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     print("== 3. data: sentence pairs for MLM + NSP, 128 tokens, TFRecord shards")
     data = work / "data"
     _flaxbert("prepare", str(corpus), "--tokenizer", str(tok_dir), "--mode", "nsp",
-              "--max-seq-length", "128", "--output", str(data), "--validation-fraction", "0.02",
+              "--max-seq-length", "128", "--out", str(data), "--validation-fraction", "0.02",
               "--overwrite")
     manifest = json.loads((data / "manifest.json").read_text())
-    print(f"   {json.dumps(manifest['counts'])}")
+    for split, counts in manifest["splits"].items():
+        print(f"   {split}: {counts['documents']:,} documents -> {counts['sequences']:,} pairs, "
+              f"{counts['tokens']:,} tokens")
 
     print("== 4. pre-training bert-tiny (configs/demo.py) on the CPU")
     run = work / "run"

@@ -9,9 +9,12 @@ deleted, truncated) fails to restore, and `restore_latest` falls back to the new
 from __future__ import annotations
 
 import logging
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -25,16 +28,20 @@ class Checkpoints:
         if keep is not None and keep < 1:
             raise ValueError(f"checkpoint.keep={keep} must be >= 1 (or None to keep all)")
         self.directory = Path(directory).absolute()
+        self.save_every = save_every
+        # The interval is decided here (Orbax's own policy would also save the first step).
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=save_every, max_to_keep=keep,
+            save_interval_steps=1, max_to_keep=keep,
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "data"))
 
     def save(self, step: int, state: Any, data_state: dict, *, force: bool = False) -> bool:
         """Save if `step` is on the interval (or `force`); async unless configured otherwise."""
+        if not force and step % self.save_every:
+            return False
         return self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=force)
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -49,19 +56,34 @@ class Checkpoints:
         """The newest step that restores cleanly, skipping damaged ones with a warning; None if
         there is no checkpoint at all. Raises if checkpoints exist but none restores."""
         steps = self.steps()
-        errors = []
+        errors, damaged = [], []
         for step in reversed(steps):
             try:
                 state, data = self.restore(step, abstract_state)
+                self._set_aside(damaged)
                 return step, state, data
             except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
                 log.warning("checkpoint step %d in %s is damaged (%s: %s); trying an older one",
                             step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
                 errors.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                damaged.append(step)
         if steps:
             raise ValueError(f"no checkpoint in {self.directory} could be restored: "
                              + "; ".join(errors))
         return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Move damaged steps to <directory>.damaged/ (kept for inspection, out of the way of the
+        steps the resumed run will save again)."""
+        if not steps or jax.process_index() != 0:
+            return
+        aside = self.directory.with_name(self.directory.name + ".damaged")
+        aside.mkdir(exist_ok=True)
+        for step in steps:
+            target = aside / f"{step}-{int(time.time())}"
+            shutil.move(str(self.directory / str(step)), target)
+            log.warning("moved damaged checkpoint step %d to %s", step, target)
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -77,6 +77,10 @@ class MetricWriter:
             print(f"step {step}: {text}", flush=True)
         self._last_step = step
 
+    def note(self, text: str) -> None:
+        if self.enabled:
+            (self.bar.write if self.bar is not None else print)(text)
+
     def close(self) -> None:
         if self.jsonl:
             self.jsonl.close()

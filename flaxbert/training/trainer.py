@@ -64,15 +64,16 @@ def model_config_for(config, manifest: dict):
     tokenizer when `vocab_from_data` (a model must cover every id the data holds)."""
     overrides = dict(config.model_overrides.to_dict()) if config.model_overrides else {}
     base = registry.get_config(config.model)
+    vocab = int(manifest["tokenizer"]["vocab_size"])
     if config.vocab_from_data:
-        overrides.setdefault("vocab_size", int(manifest["vocab_size"]))
-        pad = manifest.get("special_ids", {}).get("pad")
+        overrides.setdefault("vocab_size", vocab)
+        pad = manifest["tokenizer"].get("special_ids", {}).get("pad")
         if pad is not None and "pad_token_id" in {f for f in base.to_dict()}:
             overrides.setdefault("pad_token_id", int(pad))
     model_config = base.replace(**overrides)
-    if model_config.vocab_size < int(manifest["vocab_size"]):
+    if model_config.vocab_size < vocab:
         raise ValueError(f"model vocab_size={model_config.vocab_size} is smaller than the data "
-                         f"tokenizer's {manifest['vocab_size']}")
+                         f"tokenizer's {vocab}")
     needed = int(manifest["max_seq_length"])
     if model_config.max_sequence_length < needed:
         raise ValueError(f"the data has sequences of {needed} tokens but {config.model} allows "
@@ -275,7 +276,7 @@ class Trainer:
 
     def evaluate(self, params) -> dict | None:
         from flaxbert.data.pipeline import BatchIterator
-        if not self.manifest.get("counts", {}).get("validation", {}).get("sequences", 0):
+        if not self.manifest.get("sequences", {}).get("validation", 0):
             return None
         batches = BatchIterator(self.data_dirs, split="validation",
                                 global_batch_size=self.config.train.global_batch_size,
@@ -302,12 +303,12 @@ class Trainer:
         restored = ckpt.restore_latest(self.abstract_state())
         if restored is None:
             state, start = self.init_state(), 0
-            data_state = {"start_batch": 0}
+            data_state = {"next_batch": 0}
         else:
             start, state, data_state = restored
             log.warning("resumed from step %d in %s", start, ckpt.directory)
             print(f"resumed from checkpoint at step {start}", flush=True)
-        batches = self.batches(int(data_state.get("start_batch", 0)))
+        batches = self.batches(int(data_state["next_batch"]))
 
         stop = {"signal": None}
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum)) \
@@ -320,9 +321,14 @@ class Trainer:
         try:
             for step in range(start, cfg.train.num_steps):
                 state, metrics = self.train_step(state, next(batches))
-                window.append(metrics)
                 done = step + 1
-                if done % cfg.train.log_every == 0 or done == cfg.train.num_steps:
+                if step == start:  # the first step compiles: time it apart, not in throughput
+                    jax.block_until_ready(metrics["loss"])
+                    writer.note(f"first step (compile + run) took {time.perf_counter() - t0:.1f} s")
+                    t0 = time.perf_counter()
+                else:
+                    window.append(metrics)
+                if window and (done % cfg.train.log_every == 0 or done == cfg.train.num_steps):
                     host = jax.device_get(window)
                     elapsed = time.perf_counter() - t0
                     last = {k: float(np.mean([m[k] for m in host])) for k in host[-1]}
@@ -334,11 +340,11 @@ class Trainer:
                             f"gradients (limit train.max_consecutive_nonfinite="
                             f"{cfg.train.max_consecutive_nonfinite}); stopping at step {done}")
                     window, t0 = [], time.perf_counter()
-                ckpt.save(done, state, {"start_batch": batches.state()["start_batch"]})
+                ckpt.save(done, state, batches.state())
                 if cfg.train.eval_every and done % cfg.train.eval_every == 0:
                     writer.write(done, self.evaluate(state.params) or {})
                 if stop["signal"] is not None or ckpt.manager.reached_preemption(done):
-                    ckpt.save(done, state, {"start_batch": batches.state()["start_batch"]},
+                    ckpt.save(done, state, batches.state(),
                               force=done not in ckpt.steps())
                     ckpt.wait()
                     print(f"stopped by signal at step {done}; checkpoint saved, rerun to resume",
@@ -346,7 +352,7 @@ class Trainer:
                     return last
             done = cfg.train.num_steps
             if done not in ckpt.steps():
-                ckpt.save(done, state, {"start_batch": batches.state()["start_batch"]}, force=True)
+                ckpt.save(done, state, batches.state(), force=True)
             evaluation = self.evaluate(state.params)
             if evaluation:
                 writer.write(done, evaluation)
@@ -370,7 +376,7 @@ class Trainer:
         """Write the objective's trained model(s) as transformers directories, with the data's
         tokenizer; each written atomically."""
         import flaxbert
-        tokenizer_dir = Path(self.data_dirs[0]) / "tokenizer"
+        tokenizer_dir = Path(self.manifest.get("tokenizer_dir", ""))
         extra = sorted(p for p in tokenizer_dir.iterdir() if p.is_file()) \
             if tokenizer_dir.is_dir() else []
         params = jax.device_get(params)
