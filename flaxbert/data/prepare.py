@@ -223,15 +223,16 @@ class _Recipe:
 _WORKER: dict = {}
 
 
-def _init_worker(tokenizer_dir, recipe):
-    tok = Tokenizer.from_pretrained(tokenizer_dir)
-    _WORKER.update(tok=tok, template=Template.of(tok), recipe=recipe, sep=tok.sep_token_id)
+def _init_worker(tokenizer, recipe):
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.from_pretrained(tokenizer)
+    _WORKER.update(backend=tok.backend_tokenizer, template=Template.of(tok), recipe=recipe,
+                   sep=tok.sep_token_id)
 
 
 def _process_chunk(job):
     """Sequences of both splits for chunk `index` of documents, as flat numpy arrays."""
     index, docs = job
-    tok, recipe = _WORKER["tok"], _WORKER["recipe"]
+    recipe = _WORKER["recipe"]
     rng = np.random.default_rng([recipe.seed, index])
     first = index * recipe.chunk_documents
     f = recipe.validation_fraction
@@ -239,7 +240,7 @@ def _process_chunk(job):
     held_out = set(rng.choice(len(docs), size=n_val, replace=False).tolist())
 
     sentences = [s for doc in docs for s in doc]
-    ids = tok(sentences, add_special_tokens=False, return_tensors=None)["input_ids"]
+    ids = [e.ids for e in _WORKER["backend"].encode_batch_fast(sentences, add_special_tokens=False)]
     tokenized, start = [], 0
     for doc in docs:
         tokenized.append([s for s in ids[start:start + len(doc)] if s])
@@ -341,10 +342,10 @@ def _flatten(sequences, documents):
         labels=None if not labels or labels[0] is None else np.asarray(labels, np.int64))
 
 
-def _map_in_order(jobs, workers, initargs):
+def _map_in_order(jobs, workers, tok, tokenizer_dir, recipe):
     """_process_chunk over jobs, results in job order, at most 2 * workers chunks in flight."""
     if workers <= 1:
-        _init_worker(*initargs)
+        _init_worker(tok, recipe)
         try:
             yield from map(_process_chunk, jobs)
         finally:
@@ -353,7 +354,7 @@ def _map_in_order(jobs, workers, initargs):
     # spawn, not fork: the parent may hold TensorFlow and tokenizers thread pools.
     pool = concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker, initargs=initargs)
+        initializer=_init_worker, initargs=(tokenizer_dir, recipe))
     try:
         pending = collections.deque()
         for job in jobs:
@@ -413,21 +414,21 @@ class _ShardWriter:
                     shards=self.names, shard_sequences=self.counts)
 
 
-def tokenizer_fingerprint(tok: Tokenizer) -> str:
-    """sha256 of the canonical (key-sorted) JSON of the tokenizer pipeline."""
-    canonical = json.dumps(json.loads(tok.backend_tokenizer.to_str()), sort_keys=True,
-                           ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+def tokenizer_fingerprint(tok: Tokenizer, backend=None) -> str:
+    """sha256 of the tokenizer pipeline's serialization (`tokenizers` writes it in a fixed
+    order: vocabulary by id, components field by field)."""
+    backend = tok.backend_tokenizer if backend is None else backend
+    return hashlib.sha256(backend.to_str().encode("utf-8")).hexdigest()
 
 
 def tokenizer_info(tok: Tokenizer) -> dict:
     """What the manifest records about the tokenizer: kind, size, special ids and hash."""
+    backend = tok.backend_tokenizer
     roles = {role: getattr(tok, f"{role}_token_id") for role in _SPECIAL_ROLES}
     roles = {role: i for role, i in roles.items() if i is not None}
-    added = tok.backend_tokenizer.get_added_tokens_decoder()
-    return dict(kind=tok.kind, vocab_size=tok.vocab_size, sha256=tokenizer_fingerprint(tok),
-                special_ids=roles,
-                all_special_ids=sorted(set(roles.values()) | {i for i, t in added.items() if t.special}))
+    added = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+    return dict(kind=tok.kind, vocab_size=tok.vocab_size, sha256=tokenizer_fingerprint(tok, backend),
+                special_ids=roles, all_special_ids=sorted(set(roles.values()) | added))
 
 
 # ---- the entry point ----------------------------------------------------------------------
@@ -490,7 +491,7 @@ def prepare(inputs, output_dir, tokenizer_dir, *, mode, max_seq_length=128, shor
         try:
             chunks = enumerate(_chunked(_documents(sources, doc_per_file, text_feature,
                                                    max_documents), chunk_documents))
-            for result in _map_in_order(chunks, workers, (tokenizer_dir, recipe)):
+            for result in _map_in_order(chunks, workers, tok, tokenizer_dir, recipe):
                 for split, writer in writers.items():
                     writer.write(result[split])
         finally:
