@@ -140,13 +140,16 @@ def masking_units(input_ids, attention_mask, seed, config: MaskingConfig, tables
     word = tf.cumsum(tf.cast(starts, tf.int32), axis=1) - 1
     if config.max_ngram > 1:
         # Cut the words of a row into consecutive n-grams, n ~ 1/n: segment k starts at word
-        # sum(n_0 .. n_{k-1}), found by marking those word indices.
+        # sum(n_0 .. n_{k-1}); a word right after a special token (a document separator, say)
+        # starts one too, so no n-gram spans a special token.
         n = tf.range(1, config.max_ngram + 1, dtype=tf.float32)
         logits = tf.broadcast_to(tf.math.log((1 / n) / tf.reduce_sum(1 / n)),
                                  [shape[0], config.max_ngram])
         lengths = tf.random.stateless_categorical(logits, shape[1], seed, dtype=tf.int32) + 1
         first_word = tf.cumsum(lengths, axis=1, exclusive=True)
-        is_first = tf.reduce_max(tf.one_hot(first_word, shape[1], dtype=tf.int32), axis=1)
+        after_special = tf.where(tf.logical_and(candidate, tf.logical_not(previous)), word, -1)
+        is_first = tf.reduce_max(tf.one_hot(tf.concat([first_word, after_special], axis=1),
+                                            shape[1], dtype=tf.int32), axis=1)
         segment_of_word = tf.cumsum(is_first, axis=1) - 1
         word = tf.gather(segment_of_word, tf.maximum(word, 0), batch_dims=1)
     return tf.where(candidate, word, -1), candidate
