@@ -65,9 +65,9 @@ def dot_product_attention(query, key, value, *, mask=None, bias=None, impl: str 
 
     query: (batch, q_len, heads, head_dim); key, value: (batch, kv_len, heads, head_dim).
     mask: (batch, kv_len), 1 where a key may be attended, or a full boolean mask
-    broadcastable to (batch, heads, q_len, kv_len) (`segment_mask` for packed rows). bias:
-    broadcastable to
-    (batch, heads, q_len, kv_len), added to the scaled scores. scale: default head_dim ** -0.5.
+    broadcastable to (batch, heads, q_len, kv_len) (`segment_mask` for packed rows).
+    bias: broadcastable to (batch, heads, q_len, kv_len), added to the scaled scores.
+    scale: default head_dim ** -0.5.
     Dropout applies to the probabilities when `dropout_rng` is given. Returns (context like
     query, probabilities or None).
     """
