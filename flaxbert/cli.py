@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_parsers(commands)
     from flaxbert.bench import add_bench_parser
     add_bench_parser(commands)
+    from flaxbert.inference import add_embed_parser
+    add_embed_parser(commands)
     return parser
 
 

@@ -316,30 +316,30 @@ class Trainer:
         writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0,
                               progress_total=cfg.train.num_steps, progress_start=start,
                               progress_bar=cfg.train.progress_bar)
-        last, window, t0 = {}, [], time.perf_counter()
+        last, window, t0, untimed = {}, [], time.perf_counter(), 0
         step = start
         try:
             for step in range(start, cfg.train.num_steps):
                 state, metrics = self.train_step(state, next(batches))
                 done = step + 1
+                window.append(metrics)
                 if step == start:  # the first step compiles: time it apart, not in throughput
                     jax.block_until_ready(metrics["loss"])
                     writer.note(f"first step (compile + run) took {time.perf_counter() - t0:.1f} s")
-                    t0 = time.perf_counter()
-                else:
-                    window.append(metrics)
-                if window and (done % cfg.train.log_every == 0 or done == cfg.train.num_steps):
+                    t0, untimed = time.perf_counter(), 1
+                if done % cfg.train.log_every == 0 or done == cfg.train.num_steps:
                     host = jax.device_get(window)
                     elapsed = time.perf_counter() - t0
                     last = {k: float(np.mean([m[k] for m in host])) for k in host[-1]}
-                    last.update(throughput(self, len(host), elapsed))
+                    if len(host) > untimed:
+                        last.update(throughput(self, len(host) - untimed, elapsed))
                     writer.write(done, last)
                     if host[-1]["nonfinite_in_a_row"] >= cfg.train.max_consecutive_nonfinite:
                         raise TrainingHalted(
                             f"{int(host[-1]['nonfinite_in_a_row'])} steps in a row had NaN/inf "
                             f"gradients (limit train.max_consecutive_nonfinite="
                             f"{cfg.train.max_consecutive_nonfinite}); stopping at step {done}")
-                    window, t0 = [], time.perf_counter()
+                    window, t0, untimed = [], time.perf_counter(), 0
                 ckpt.save(done, state, batches.state())
                 if cfg.train.eval_every and done % cfg.train.eval_every == 0:
                     writer.write(done, self.evaluate(state.params) or {})
