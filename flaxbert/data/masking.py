@@ -120,6 +120,15 @@ class MaskingTables:
         return not self.word_start.all()
 
 
+def _mark(values, size):
+    """Per row, how often each of 0..size-1 occurs in values [B, N]; other values are ignored."""
+    batch = tf.shape(values)[0]
+    values = tf.where((values >= 0) & (values < size), values, size)  # a spare bin per row
+    flat = values + tf.range(batch)[:, None] * (size + 1)
+    counts = tf.math.bincount(tf.reshape(flat, [-1]), minlength=batch * (size + 1))
+    return tf.reshape(counts, [batch, size + 1])[:, :size]
+
+
 def _seeds(seed, n):
     return tf.unstack(tf.random.experimental.stateless_split(seed, n))
 
@@ -142,15 +151,14 @@ def masking_units(input_ids, attention_mask, seed, config: MaskingConfig, tables
         # Cut the words of a row into consecutive n-grams, n ~ 1/n: segment k starts at word
         # sum(n_0 .. n_{k-1}); a word right after a special token (a document separator, say)
         # starts one too, so no n-gram spans a special token.
-        n = tf.range(1, config.max_ngram + 1, dtype=tf.float32)
-        logits = tf.broadcast_to(tf.math.log((1 / n) / tf.reduce_sum(1 / n)),
-                                 [shape[0], config.max_ngram])
-        lengths = tf.random.stateless_categorical(logits, shape[1], seed, dtype=tf.int32) + 1
+        n = np.arange(1, config.max_ngram + 1)
+        cdf = np.cumsum(1 / n)[:-1] / np.sum(1 / n)
+        draw = tf.random.stateless_uniform([shape[0], shape[1], 1], seed)
+        lengths = 1 + tf.reduce_sum(tf.cast(draw > cdf.astype(np.float32), tf.int32), axis=2)
         first_word = tf.cumsum(lengths, axis=1, exclusive=True)
         after_special = tf.where(tf.logical_and(candidate, tf.logical_not(previous)), word, -1)
-        is_first = tf.reduce_max(tf.one_hot(tf.concat([first_word, after_special], axis=1),
-                                            shape[1], dtype=tf.int32), axis=1)
-        segment_of_word = tf.cumsum(is_first, axis=1) - 1
+        is_first = _mark(tf.concat([first_word, after_special], axis=1), shape[1]) > 0
+        segment_of_word = tf.cumsum(tf.cast(is_first, tf.int32), axis=1) - 1
         word = tf.gather(segment_of_word, tf.maximum(word, 0), batch_dims=1)
     return tf.where(candidate, word, -1), candidate
 
@@ -170,19 +178,13 @@ def mask_batch(input_ids, attention_mask, seed, config: MaskingConfig, tables: M
     budget = tf.minimum(max_predictions, tf.maximum(
         1, tf.cast(tf.round(n_candidates * config.mlm_probability), tf.int32)))
 
-    # Unit sizes; non-candidates are counted in an extra unit `length`, then dropped.
-    unit = tf.where(unit < 0, length, unit)
-    rows = tf.range(batch)[:, None] * (length + 1)
-    sizes = tf.reshape(tf.math.bincount(tf.reshape(unit + rows, [-1]),
-                                        minlength=batch * (length + 1)),
-                       [batch, length + 1])[:, :length]
+    sizes = _mark(unit, length)  # tokens per unit; non-candidates (-1) are not counted
     # Units in random order; take them while the running token count stays within budget.
     order = tf.argsort(tf.random.stateless_uniform([batch, length], priority_seed), axis=1)
     running = tf.cumsum(tf.gather(sizes, order, batch_dims=1), axis=1)
     taken_in_order = running <= budget[:, None]
     taken = tf.gather(taken_in_order, tf.argsort(order, axis=1), batch_dims=1)
-    taken = tf.pad(taken, [[0, 0], [0, 1]])  # the non-candidate unit is never taken
-    selected = tf.gather(taken, unit, batch_dims=1)
+    selected = tf.logical_and(candidate, tf.gather(taken, tf.maximum(unit, 0), batch_dims=1))
 
     # Positions of the selected tokens in ascending order, padded to P.
     positions = tf.broadcast_to(tf.range(length, dtype=tf.int32), shape)

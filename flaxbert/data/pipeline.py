@@ -16,6 +16,8 @@ masked_positions, masked_ids (int32 [b, P]) and masked_weights (float32 [b, P]);
 data pair_label (int32 [b]). Rows are padded on the right to the manifest's max_seq_length.
 
 For evaluation use `make_eval_dataset` (validation split, one pass, no shuffle, fixed masks).
+The shuffles use tf.data's op seeds, so a program that sets TensorFlow's global seed
+(tf.random.set_seed) gets a different, but still reproducible, order.
 """
 from __future__ import annotations
 
@@ -145,7 +147,11 @@ def _finisher(info, masking, seed, process_index, length, pad_id, has_label):
 
 def make_eval_dataset(data_dirs, *, global_batch_size, masking: MaskingConfig | None, seed=0,
                       process_index=None, process_count=None, drop_remainder=False):
-    """The validation split once through, in file order, with masks fixed by `seed`."""
+    """The validation split once through, in file order, with masks fixed by `seed`.
+
+    With several hosts each reads its own shards, so hosts may get different numbers of
+    batches; a multi-host evaluation loop has to agree on when to stop.
+    """
     return make_dataset(data_dirs, "validation", global_batch_size=global_batch_size,
                         masking=masking, seed=seed, shuffle_buffer=0, repeat=False,
                         process_index=process_index, process_count=process_count,

@@ -457,6 +457,9 @@ def prepare(inputs, output_dir, tokenizer_dir, *, mode, max_seq_length=128, shor
     the output does not depend on it. chunk_documents: documents per chunk (the unit of work
     and of randomness; NSP draws its NotNext segments from the same chunk).
     Returns the manifest.
+
+    Worker processes are spawned (not forked: the caller may hold TensorFlow or JAX threads),
+    so a script that calls this with workers > 1 must do so under ``if __name__ == "__main__"``.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {list(MODES)}")
