@@ -21,6 +21,7 @@ import unicodedata
 import numpy as np
 import tensorflow as tf
 
+from flaxbert.data.prepare import check_fraction, check_int, tokenizer_info
 from flaxbert.tokenizer import Tokenizer
 
 # The mark a token carries when it starts a word (SentencePiece, byte-level BPE), or when it
@@ -47,24 +48,18 @@ class MaskingConfig:
 
     def __post_init__(self):
         for name in ("mlm_probability", "mask_token_prob", "random_token_prob"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
-                raise ValueError(f"MaskingConfig.{name} must be a probability in [0, 1], got {value!r}")
+            check_fraction(f"MaskingConfig.{name}", getattr(self, name))
         if self.mlm_probability == 0:
             raise ValueError("MaskingConfig.mlm_probability must be > 0 (use masking=None for "
                              "no masked-LM targets)")
         if self.mask_token_prob + self.random_token_prob > 1 + 1e-9:
             raise ValueError(f"MaskingConfig.mask_token_prob + random_token_prob must be <= 1, got "
                              f"{self.mask_token_prob} + {self.random_token_prob}")
-        p = self.max_predictions_per_seq
-        if p is not None and (not isinstance(p, int) or isinstance(p, bool) or p < 1):
-            raise ValueError(f"MaskingConfig.max_predictions_per_seq must be an int >= 1 or None, "
-                             f"got {p!r}")
+        if self.max_predictions_per_seq is not None:
+            check_int("MaskingConfig.max_predictions_per_seq", self.max_predictions_per_seq, 1)
         if not isinstance(self.whole_word, bool):
             raise TypeError(f"MaskingConfig.whole_word must be a bool, got {self.whole_word!r}")
-        n = self.max_ngram
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"MaskingConfig.max_ngram must be an int >= 1, got {n!r}")
+        check_int("MaskingConfig.max_ngram", self.max_ngram, 1)
 
     @property
     def uses_words(self) -> bool:
@@ -97,7 +92,6 @@ class MaskingTables:
         if tok.mask_token_id is None:
             raise ValueError("this tokenizer has no mask token; masked-LM batches need one")
         if special_ids is None:
-            from flaxbert.data.prepare import tokenizer_info
             special_ids = tokenizer_info(tok)["all_special_ids"]
         special = np.zeros(size, bool)
         special[np.asarray(list(special_ids), np.int64)] = True

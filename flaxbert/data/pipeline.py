@@ -22,12 +22,13 @@ The shuffles use tf.data's op seeds, so a program that sets TensorFlow's global 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import tensorflow as tf
 
 from flaxbert.data.masking import MaskingConfig, MaskingTables, mask_batch
-from flaxbert.data.prepare import SPLITS, read_manifest
+from flaxbert.data.prepare import SPLITS, check_int, read_manifest
 from flaxbert.tokenizer import Tokenizer
 
 STATE_VERSION = 1
@@ -44,9 +45,8 @@ def _hosts(process_index, process_count):
         import jax
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
-    for name, value, low in (("process_count", process_count, 1), ("process_index", process_index, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    check_int("process_count", process_count, 1)
+    check_int("process_index", process_index, 0)
     if process_index >= process_count:
         raise ValueError(f"process_index={process_index} is not below process_count={process_count}")
     return process_index, process_count
@@ -69,8 +69,7 @@ def make_dataset(data_dirs, split="train", *, global_batch_size, masking: Maskin
         raise TypeError(f"masking must be a MaskingConfig or None, got {type(masking).__name__}")
     for name, value, low in (("global_batch_size", global_batch_size, 1), ("seed", seed, 0),
                              ("shuffle_buffer", shuffle_buffer, 0), ("start_batch", start_batch, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        check_int(name, value, low)
     index, count = _hosts(process_index, process_count)
     if global_batch_size % count:
         raise ValueError(f"global_batch_size={global_batch_size} is not divisible by the "
@@ -109,6 +108,11 @@ def make_dataset(data_dirs, split="train", *, global_batch_size, masking: Maskin
     return ds.with_options(options)
 
 
+@functools.lru_cache(maxsize=4)  # a resumed or second iterator on the same data reuses them
+def _tables(tokenizer_dir, special_ids):
+    return MaskingTables.from_tokenizer(Tokenizer.from_pretrained(tokenizer_dir), special_ids)
+
+
 def _finisher(info, masking, seed, process_index, length, pad_id, has_label):
     """The per-batch function: parse, pad, and mask (batch_index, serialized) -> dict."""
     features = {"input_ids": tf.io.RaggedFeature(tf.int64),
@@ -116,8 +120,7 @@ def _finisher(info, masking, seed, process_index, length, pad_id, has_label):
     if has_label:
         features["pair_label"] = tf.io.FixedLenFeature([], tf.int64)
     if masking is not None:
-        tables = MaskingTables.from_tokenizer(Tokenizer.from_pretrained(info["tokenizer_dir"]),
-                                              info["tokenizer"]["all_special_ids"])
+        tables = _tables(info["tokenizer_dir"], tuple(info["tokenizer"]["all_special_ids"]))
         if masking.uses_words and not tables.knows_words:
             raise ValueError(f"whole-word / n-gram masking needs to know word boundaries, and "
                              f"tokenizer kind {info['tokenizer']['kind']!r} does not mark them")

@@ -432,12 +432,14 @@ def tokenizer_info(tok: Tokenizer) -> dict:
 
 
 # ---- the entry point ----------------------------------------------------------------------
-def _check_int(name, value, low):
+def check_int(name, value, low):
+    """Refuse anything but an int (bools included) of at least `low`, naming the argument."""
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
-def _check_fraction(name, value, *, below_one=False):
+def check_fraction(name, value, *, below_one=False):
+    """Refuse anything but a number in [0, 1] (or [0, 1)), naming the argument."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
             0 <= value < 1 if below_one else 0 <= value <= 1):
         raise ValueError(f"{name} must be a number in [0, 1{')' if below_one else ']'}, "
@@ -466,13 +468,13 @@ def prepare(inputs, output_dir, tokenizer_dir, *, mode, max_seq_length=128, shor
     for name, value, low in (("max_seq_length", max_seq_length, 8), ("dupe_factor", dupe_factor, 1),
                              ("num_shards", num_shards, 1), ("seed", seed, 0),
                              ("chunk_documents", chunk_documents, 1)):
-        _check_int(name, value, low)
-    _check_fraction("short_seq_prob", short_seq_prob)
-    _check_fraction("validation_fraction", validation_fraction, below_one=True)
+        check_int(name, value, low)
+    check_fraction("short_seq_prob", short_seq_prob)
+    check_fraction("validation_fraction", validation_fraction, below_one=True)
     workers = (os.cpu_count() or 1) if workers is None else workers
-    _check_int("workers", workers, 1)
+    check_int("workers", workers, 1)
     if max_documents is not None:
-        _check_int("max_documents", max_documents, 1)
+        check_int("max_documents", max_documents, 1)
 
     tokenizer_dir = os.path.abspath(os.fspath(tokenizer_dir))
     tok = Tokenizer.from_pretrained(tokenizer_dir)
