@@ -1,6 +1,7 @@
 """flaxbert.training.losses against transformers' own losses (BertForPreTraining,
 AlbertForPreTraining, ElectraForPreTraining, XLNetLMHeadModel) computed on the same logits, and
 against torch's KLDivLoss / CosineEmbeddingLoss / CrossEntropyLoss where transformers has none."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,6 +14,13 @@ from flaxbert.models import permutation
 from flaxbert.training import losses
 
 TOL = 1e-5
+# Called jitted, as a train step calls them (one compile each, not one per eager op).
+masked_lm_loss = jax.jit(losses.masked_lm_loss, static_argnames="label_smoothing")
+sentence_pair_loss = jax.jit(losses.sentence_pair_loss, static_argnames="prefix")
+replaced_token_detection_loss = jax.jit(losses.replaced_token_detection_loss)
+distillation_losses = jax.jit(losses.distillation_losses,
+                              static_argnames=("temperature", "alpha_ce", "alpha_cos"))
+permutation_lm_loss = jax.jit(losses.permutation_lm_loss)
 
 
 def masked_slots(mask, slots=3, seed=0):
@@ -55,8 +63,8 @@ def test_mlm_plus_pair_loss_matches_transformers_pretraining(cls, prefix, label_
                     labels=torch.tensor(labels_at(positions, weights, masked_ids, 12)),
                     **{label_arg: torch.tensor(pair_label)})
     logits = np.take_along_axis(out.prediction_logits.numpy(), positions[..., None], axis=1)
-    mlm, mlm_metrics = losses.masked_lm_loss(logits, masked_ids, weights)
-    pair, pair_metrics = losses.sentence_pair_loss(getattr(out, output).numpy(), pair_label,
+    mlm, mlm_metrics = masked_lm_loss(logits, masked_ids, weights)
+    pair, pair_metrics = sentence_pair_loss(getattr(out, output).numpy(), pair_label,
                                                    prefix)
     assert abs(float(mlm + pair) - out.loss.item()) < TOL
     assert set(mlm_metrics) == {"mlm_loss", "mlm_accuracy"}
@@ -74,7 +82,7 @@ def test_replaced_token_detection_matches_electra_for_pretraining():
     with torch.no_grad():
         out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
                     token_type_ids=torch.tensor(types), labels=torch.tensor(replaced))
-    loss, metrics = losses.replaced_token_detection_loss(out.logits.numpy(), replaced, mask)
+    loss, metrics = replaced_token_detection_loss(out.logits.numpy(), replaced, mask)
     assert abs(float(loss) - out.loss.item()) < TOL
     assert float(metrics["rtd_replaced_fraction"]) == pytest.approx(replaced.sum() / mask.sum())
     predicted = out.logits.numpy() > 0
@@ -96,7 +104,7 @@ def test_permutation_lm_loss_matches_xlnet_lm_head_model():
                     perm_mask=torch.tensor(plm["perm_mask"]),
                     target_mapping=torch.tensor(plm["target_mapping"]),
                     labels=torch.tensor(plm["labels"]))
-    loss, metrics = losses.permutation_lm_loss(out.logits.numpy(), plm["labels"])
+    loss, metrics = permutation_lm_loss(out.logits.numpy(), plm["labels"])
     assert abs(float(loss) - out.loss.item()) < TOL
     assert float(metrics["plm_loss"]) == float(loss)
 
@@ -108,7 +116,7 @@ def test_distillation_terms_match_the_distilbert_recipe_formulas():
     s_hidden, t_hidden = rs.randn(2, 3, 6, 16).astype(np.float32)
     mask = np.array([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4])
     T = 2.0
-    loss, metrics = losses.distillation_losses(student, teacher, weights, T, s_hidden, t_hidden,
+    loss, metrics = distillation_losses(student, teacher, weights, T, s_hidden, t_hidden,
                                                mask, alpha_ce=5.0, alpha_cos=1.0)
     # DistilBERT's distiller: rows selected by the mask, KLDivLoss(batchmean) * T^2 ...
     rows = weights.reshape(-1) > 0
@@ -123,11 +131,11 @@ def test_distillation_terms_match_the_distilbert_recipe_formulas():
     assert abs(float(metrics["distill_ce_loss"]) - ce) < TOL
     assert abs(float(metrics["distill_cos_loss"]) - cos) < TOL
     assert abs(float(loss) - (5.0 * ce + cos)) < 1e-4
-    same, same_metrics = losses.distillation_losses(student, student, weights, T, s_hidden,
+    same, same_metrics = distillation_losses(student, student, weights, T, s_hidden,
                                                     s_hidden, mask)
     assert abs(float(same_metrics["distill_ce_loss"])) < 1e-6
     assert abs(float(same_metrics["distill_cos_loss"])) < 1e-6
-    only_ce, only_metrics = losses.distillation_losses(student, teacher, weights, T)
+    only_ce, only_metrics = distillation_losses(student, teacher, weights, T)
     assert set(only_metrics) == {"distill_ce_loss"} and float(only_ce) == pytest.approx(ce, abs=TOL)
 
 
@@ -136,23 +144,23 @@ def test_label_smoothing_matches_torch_cross_entropy():
     logits = rs.randn(2, 3, 20).astype(np.float32) * 2
     labels = rs.randint(0, 20, (2, 3))
     weights = np.array([[1, 1, 0], [1, 1, 1]], np.float32)
-    loss, _ = losses.masked_lm_loss(logits, labels, weights, label_smoothing=0.1)
+    loss, _ = masked_lm_loss(logits, labels, weights, label_smoothing=0.1)
     keep = weights.reshape(-1) > 0
     ref = F.cross_entropy(torch.tensor(logits.reshape(-1, 20)[keep]),
                           torch.tensor(labels.reshape(-1)[keep]), label_smoothing=0.1).item()
     assert abs(float(loss) - ref) < TOL
-    plain, _ = losses.masked_lm_loss(logits, labels, weights)
+    plain, _ = masked_lm_loss(logits, labels, weights)
     assert float(loss) != pytest.approx(float(plain), abs=1e-3)
 
 
 def test_accuracy_counts_only_real_slots_and_empty_batches_give_zero():
     labels = np.array([[1, 2, 3]])
     logits = np.eye(5, dtype=np.float32)[[[1, 0, 3]]] * 10  # right, wrong, right (padding)
-    _, metrics = losses.masked_lm_loss(logits, labels, np.array([[1.0, 1.0, 0.0]]))
+    _, metrics = masked_lm_loss(logits, labels, np.array([[1.0, 1.0, 0.0]]))
     assert float(metrics["mlm_accuracy"]) == 0.5
-    loss, metrics = losses.masked_lm_loss(logits, labels, np.zeros((1, 3), np.float32))
+    loss, metrics = masked_lm_loss(logits, labels, np.zeros((1, 3), np.float32))
     assert float(loss) == 0.0 and float(metrics["mlm_accuracy"]) == 0.0
-    loss, _ = losses.permutation_lm_loss(logits, np.full((1, 3), -100))
+    loss, _ = permutation_lm_loss(logits, np.full((1, 3), -100))
     assert float(loss) == 0.0
 
 
@@ -161,12 +169,12 @@ def test_bfloat16_logits_are_scored_in_float32():
     logits = jnp.asarray(rs.randn(2, 4, 300) * 4, jnp.bfloat16)
     labels = rs.randint(0, 300, (2, 4))
     weights = np.ones((2, 4), np.float32)
-    loss, metrics = losses.masked_lm_loss(logits, labels, weights)
+    loss, metrics = masked_lm_loss(logits, labels, weights)
     assert loss.dtype == jnp.float32 and all(m.dtype == jnp.float32 for m in metrics.values())
     ref = F.cross_entropy(torch.tensor(np.asarray(logits.astype(jnp.float32))).reshape(-1, 300),
                           torch.tensor(labels).reshape(-1)).item()
     assert abs(float(loss) - ref) < TOL  # exact on the bf16 values, no bf16 arithmetic
-    rtd, _ = losses.replaced_token_detection_loss(logits[..., 0], np.zeros((2, 4)), weights)
+    rtd, _ = replaced_token_detection_loss(logits[..., 0], np.zeros((2, 4)), weights)
     assert rtd.dtype == jnp.float32
 
 

@@ -19,9 +19,11 @@ from flaxbert.training import objectives
 from flaxbert.training.objectives import get_objective
 
 VOCAB = 256
-# Tiny models compile far faster without XLA's expensive LLVM passes (dropout's random bits
-# especially); what is computed is the same.
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# Tiny models compile several times faster on CPU without XLA's expensive LLVM passes and
+# with the classic fusion emitters (a 1-layer BERT train step: ~30 s -> ~3 s of CPU); what is
+# computed is the same.
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+        "xla_cpu_use_fusion_emitters": False}
 
 
 def jit(fn, **kwargs):
@@ -75,9 +77,10 @@ def init(objective, batch, seed=0):
     return nn.meta.unbox(jit(objective.init)(jax.random.key(seed), batch))["params"]
 
 
-def train(objective, batch, steps, lr=3e-3, frozen=None):
-    """Init, then Adam on one fixed batch with dropout on, all in one jitted scan; returns the
-    params, each step's metrics and, with a frozen teacher, the gradient it received."""
+def train(objective, batch, steps, lr=3e-3, frozen=None, probe=None):
+    """Init, then Adam on one fixed batch with dropout on, all in one jitted scan (one compile);
+    returns the params, each step's metrics (with the gradient the frozen teacher received) and
+    probe(initial params), if given."""
     tx = optax.adam(lr)
 
     def run(key, frozen):
@@ -93,19 +96,20 @@ def train(objective, batch, steps, lr=3e-3, frozen=None):
                                          jax.tree_util.tree_leaves(frozen_grads))
             return (optax.apply_updates(params, updates), opt_state), metrics
 
+        probed = None if probe is None else probe(params)
         (params, _), history = jax.lax.scan(step, (params, tx.init(params)),
                                             jax.random.split(key, steps))
-        return params, history
+        return params, history, probed
 
-    params, history = jit(run)(jax.random.key(0), frozen)
-    return params, {k: np.asarray(v) for k, v in history.items()}
+    params, history, probed = jit(run)(jax.random.key(0), frozen)
+    return params, {k: np.asarray(v) for k, v in history.items()}, probed
 
 
 CASES = {  # objective, model, settings, model overrides
     "mlm-roberta-bf16": ("mlm", "roberta-tiny", {}, {"dtype": "bfloat16"}),
     "mlm_nsp-bert": ("mlm_nsp", "bert-tiny", {}, {}),
     "mlm_sop-albert": ("mlm_sop", "albert-tiny", {}, {}),
-    "rtd-electra": ("rtd", "electra-tiny", {"generator": "electra-tiny-generator"}, {}),
+    "rtd-electra": ("rtd", "electra-tiny", {"generator_size": 0.25}, {}),
     "distillation-distilbert": ("distillation", "distilbert-tiny",
                                 {"teacher": "bert-tiny", "teacher_seed": 1,
                                  "teacher_overrides": {"vocab_size": VOCAB, "num_hidden_layers": 1}}, {}),
@@ -113,15 +117,42 @@ CASES = {  # objective, model, settings, model overrides
 }
 
 
+def rtd_probe(objective, batch):
+    """On the initial pair: the corrupted batch, and the gradient of the discriminator's loss
+    alone."""
+    def probe(params):
+        _, ids, is_replaced = objective.corrupt(params, batch, jax.random.key(3),
+                                                deterministic=True)
+        grads = jax.grad(lambda p: objective.loss(p, batch, jax.random.key(4),
+                                                  deterministic=True)[1]["rtd_loss"])(params)
+        return {"ids": ids, "is_replaced": is_replaced, "grads": grads}
+    return probe
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """case -> (objective, batch, frozen before training, params, history, probe), trained once."""
+    cache = {}
+
+    def get(case):
+        if case not in cache:
+            name, model, settings, overrides = CASES[case]
+            config = flaxbert.get_config(model, vocab_size=VOCAB, num_hidden_layers=1,
+                                         **overrides)
+            objective = get_objective(name, config, settings)
+            batch = (plain_batch if objective.data == "plm" else mlm_batch)(config)
+            frozen = objective.load_frozen()
+            before = jax.tree_util.tree_map(np.array, frozen)
+            probe = rtd_probe(objective, batch) if name == "rtd" else None
+            cache[case] = (objective, batch, frozen, before,
+                           *train(objective, batch, steps=30, frozen=frozen, probe=probe))
+        return cache[case]
+    return get
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_loss_falls_on_a_fixed_batch(case):
-    name, model, settings, overrides = CASES[case]
-    config = flaxbert.get_config(model, vocab_size=VOCAB, num_hidden_layers=1, **overrides)
-    objective = get_objective(name, config, settings)
-    batch = (plain_batch if objective.data == "plm" else mlm_batch)(config)
-    frozen = objective.load_frozen()
-    frozen_before = jax.tree_util.tree_map(np.array, frozen)
-    params, history = train(objective, batch, steps=30, frozen=frozen)
+def test_loss_falls_on_a_fixed_batch(case, trained):
+    objective, batch, frozen, frozen_before, params, history, _ = trained(case)
     first, last = history["loss"][:3].mean(), history["loss"][-3:].mean()
     print(f"{case}: loss {first:.3f} -> {last:.3f}")
     assert np.isfinite(last) and last < 0.6 * first, (first, last)
@@ -167,14 +198,6 @@ def test_bert_objective_equals_transformers_pretraining_loss(tmp_path):
 
 # ----------------------------------------------------------------------------- ELECTRA
 
-@pytest.fixture(scope="module")
-def rtd():
-    config = flaxbert.get_config("electra-tiny", vocab_size=VOCAB, num_hidden_layers=1)
-    objective = get_objective("rtd", config, {"generator_size": 0.25})
-    batch = mlm_batch(config)
-    return objective, batch, init(objective, batch)
-
-
 def test_generator_sizes():
     tiny = flaxbert.get_config("electra-tiny")
     small = objectives.generator_config(tiny, size=0.25)
@@ -192,11 +215,9 @@ def test_generator_sizes():
     assert (named.vocab_size, named.dtype, named.hidden_size) == (99, "bfloat16", 32)
 
 
-def test_samples_replace_only_real_masked_positions(rtd):
-    objective, batch, params = rtd
-    _, ids, is_replaced = jit(
-        lambda p, k: objective.corrupt(p, batch, k, deterministic=True))(params, jax.random.key(3))
-    ids, is_replaced = np.asarray(ids), np.asarray(is_replaced)
+def test_samples_replace_only_real_masked_positions(trained):
+    _, batch, *_, probe = trained("rtd-electra")
+    ids, is_replaced = np.asarray(probe["ids"]), np.asarray(probe["is_replaced"])
     slots = np.zeros(ids.shape, bool)
     for b in range(len(ids)):
         slots[b, batch["masked_positions"][b][batch["masked_weights"][b] > 0]] = True
@@ -223,22 +244,21 @@ def test_replace_masked_tokens_counts_a_correct_sample_as_original():
 @pytest.mark.parametrize("method", ["categorical", "gumbel"])
 def test_sampling_follows_the_generator_distribution(method):
     logits = jnp.log(jnp.array([0.1, 0.2, 0.3, 0.4]))
-    draws = objectives.sample_tokens(jax.random.key(0), jnp.broadcast_to(logits, (20000, 4)),
-                                     method=method)
+    draws = jit(lambda k: objectives.sample_tokens(k, jnp.broadcast_to(logits, (20000, 4)),
+                                                   method=method))(jax.random.key(0))
     np.testing.assert_allclose(np.bincount(draws, minlength=4) / 20000, [0.1, 0.2, 0.3, 0.4],
                                atol=0.015)
-    cold = objectives.sample_tokens(jax.random.key(1), jnp.broadcast_to(logits, (500, 4)),
-                                    temperature=0.01, method=method)
+    cold = jit(lambda k: objectives.sample_tokens(k, jnp.broadcast_to(logits, (500, 4)),
+                                                  temperature=0.01, method=method))(jax.random.key(1))
     assert (np.asarray(cold) == 3).all()
 
 
-def test_rtd_gradients(rtd):
-    objective, batch, params = rtd
-    grads = jit(jax.grad(lambda p: objective.loss(p, batch, jax.random.key(4),
-                                                  deterministic=True)[1]["rtd_loss"]))(params)
+def test_rtd_gradients(trained):
+    objective, _, _, _, params, _, probe = trained("rtd-electra")
+    grads = probe["grads"]
 
     def total(tree):
-        return sum(float(jnp.abs(x).sum()) for x in jax.tree_util.tree_leaves(tree))
+        return sum(np.abs(np.asarray(x)).sum() for x in jax.tree_util.tree_leaves(tree))
 
     # The discriminator's loss reaches the shared embeddings and itself, never the generator:
     # its input is the generator's *samples*, with no gradient path through the sampling.
@@ -305,7 +325,7 @@ def xlnet_ids(batch=4, length=20, seed=0):
     return ids, (ids != PAD).astype(np.int32)
 
 
-@pytest.mark.parametrize("perm_size,K", [(None, 6), (10, 4), (5, 2.5)])
+@pytest.mark.parametrize("perm_size,K", [(None, 6), (5, 2.5)])
 def test_plm_inputs_equal_the_numpy_reference(perm_size, K):
     ids, mask = xlnet_ids()
     size = perm_size or ids.shape[1]
@@ -326,14 +346,14 @@ def test_plm_inputs_equal_the_numpy_reference(perm_size, K):
 def test_plm_never_predicts_special_or_padding_tokens():
     config = flaxbert.get_config("xlnet-tiny", vocab_size=99)
     objective = get_objective("plm", config, {"plm_K": 3, "special_ids": (SEP, CLS)})
-    ids, mask = xlnet_ids(batch=16, length=24, seed=1)
+    ids, mask = xlnet_ids(batch=8, length=24, seed=1)
     batch = {"input_ids": ids, "attention_mask": mask}
     plm = jit(objective.plm_inputs)(jax.random.key(7), batch)
     labels, mapping = np.asarray(plm["labels"]), np.asarray(plm["target_mapping"])
-    assert mapping.shape == (16, 8, 24)  # num_predict = ceil(24 / 3): static
+    assert mapping.shape == (8, 8, 24)  # num_predict = ceil(24 / 3): static
     predicted = labels != -100
     assert not np.isin(labels[predicted], (SEP, CLS, PAD)).any()
-    for b in range(16):
+    for b in range(8):
         ordinary = int((~np.isin(ids[b], (SEP, CLS, PAD))).sum())
         assert predicted[b].sum() == math.ceil(ordinary / 3)
         positions = mapping[b][predicted[b]].argmax(-1)
