@@ -112,7 +112,8 @@ CASES = {  # objective, model, settings, model overrides
     "rtd-electra": ("rtd", "electra-tiny", {"generator_size": 0.25}, {}),
     "distillation-distilbert": ("distillation", "distilbert-tiny",
                                 {"teacher": "bert-tiny", "teacher_seed": 1,
-                                 "teacher_overrides": {"vocab_size": VOCAB, "num_hidden_layers": 1}}, {}),
+                                 "teacher_overrides": {"vocab_size": VOCAB,
+                                                       "num_hidden_layers": 1}}, {}),
     "plm-xlnet": ("plm", "xlnet-tiny", {"plm_K": 4}, {}),
 }
 
@@ -160,7 +161,8 @@ def test_loss_falls_on_a_fixed_batch(case, trained):
     assert history["loss"].dtype == np.float32
     if frozen is not None:  # the teacher gets no gradient and is not changed by a step
         assert (history["frozen_grad"] == 0).all()
-        for a, b in zip(jax.tree_util.tree_leaves(frozen), jax.tree_util.tree_leaves(frozen_before)):
+        for a, b in zip(jax.tree_util.tree_leaves(frozen),
+                        jax.tree_util.tree_leaves(frozen_before)):
             np.testing.assert_array_equal(np.asarray(a), b)
     for sub, module, part in objective.export(params):
         flaxbert.convert.hf.check_params(module, part)
@@ -249,7 +251,8 @@ def test_sampling_follows_the_generator_distribution(method):
     np.testing.assert_allclose(np.bincount(draws, minlength=4) / 20000, [0.1, 0.2, 0.3, 0.4],
                                atol=0.015)
     cold = jit(lambda k: objectives.sample_tokens(k, jnp.broadcast_to(logits, (500, 4)),
-                                                  temperature=0.01, method=method))(jax.random.key(1))
+                                                  temperature=0.01, method=method))(
+        jax.random.key(1))
     assert (np.asarray(cold) == 3).all()
 
 

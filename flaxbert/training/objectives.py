@@ -10,14 +10,12 @@ token_type_ids, masked_positions / masked_ids / masked_weights (B, P) and, for a
 task, pair_label (B,). "plm" data: input_ids, attention_mask, token_type_ids only; XLNet's
 permutation inputs are drawn inside the jitted step.
 
-| name         | paper      | network                                   | loss                            |
-|--------------|------------|-------------------------------------------|---------------------------------|
-| mlm          | RoBERTa, DeBERTa | the family's "masked-lm"            | MLM                             |
-| mlm_nsp      | BERT       | "pretraining" (MLM + pair head)           | MLM + NSP                       |
-| mlm_sop      | ALBERT     | "pretraining" (MLM + pair head)           | MLM + SOP                       |
-| rtd          | ELECTRA    | ElectraPair (shared embeddings)           | generator MLM + rtd_weight * RTD|
-| distillation | DistilBERT | "masked-lm" student, frozen teacher       | a_ce KL_T + a_mlm MLM + a_cos cos|
-| plm          | XLNet      | XLNet "lm"                                | permutation LM                  |
+    mlm           RoBERTa, DeBERTa  "masked-lm"                  MLM
+    mlm_nsp       BERT              "pretraining" (+ pair head)  MLM + NSP
+    mlm_sop       ALBERT            "pretraining" (+ pair head)  MLM + SOP
+    rtd           ELECTRA           ElectraPair                  gen MLM + rtd_weight * RTD
+    distillation  DistilBERT        "masked-lm", frozen teacher  a_ce KL_T + a_mlm MLM + a_cos cos
+    plm           XLNet             "lm"                         permutation LM
 
 Settings are per objective (`Objective.defaults` lists them); an unknown one is an error.
 Losses are computed in float32 whatever the model's compute dtype (`flaxbert.training.losses`).
