@@ -14,11 +14,16 @@ def get_config(arg: str = ""):
     c = default_config()
     c.model = "distilbert-base-uncased"
     c.objective = "distillation"
-    c.objective_settings.teacher = "bert-base-uncased"  # a directory, or a registered name
+    # A transformers/flaxbert directory holding the trained teacher (required: e.g. bert-base-uncased
+    # converted with `flaxbert convert`). A registered name with teacher_seed gives a randomly
+    # initialised teacher, which only the :tiny smoke test uses.
+    c.objective_settings.teacher = ""
     c.objective_settings.temperature = 2.0
     c.objective_settings.alpha_ce = 5.0
     c.objective_settings.alpha_mlm = 2.0
     c.objective_settings.alpha_cos = 1.0
+    # The student predicts over the teacher's vocabulary (the data must use its tokenizer).
+    c.vocab_from_data = False
     c.data.max_predictions_per_seq = 77
     c.train.global_batch_size = 4096
     c.train.num_microbatches = 8

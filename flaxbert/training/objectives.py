@@ -355,7 +355,7 @@ class Distillation(MaskedLM):
     def build_model(self):
         student = super().build_model()
         teacher = self.settings["teacher"]
-        if teacher is None:
+        if not teacher:
             raise ValueError("objective 'distillation' needs settings['teacher']: a checkpoint "
                              "directory or a registered model name")
         overrides = {"dtype": self.config.dtype, **dict(self.settings["teacher_overrides"])}

@@ -99,7 +99,7 @@ class Trainer:
         """`devices`: the devices the mesh spans (default all; tests pass a subset).
         `manifest`: what the data looks like (max_seq_length, vocab_size, mode, special_ids);
         read from data.train's manifests unless given (benchmarks feed synthetic batches)."""
-        from flaxbert.training.objectives import get_objective
+        from flaxbert.training.objectives import OBJECTIVES, get_objective
 
         check_config(config)
         self.config = config
@@ -114,6 +114,9 @@ class Trainer:
         self.seq_len = int(self.manifest["max_seq_length"])
         self.model_config = model_config_for(config, self.manifest)
         settings = config.objective_settings.to_dict() if config.objective_settings else {}
+        if "special_ids" in getattr(OBJECTIVES.get(config.objective), "defaults", {}):
+            # XLNet's PLM never predicts special tokens: take them from the data's tokenizer.
+            settings.setdefault("special_ids", self.manifest["tokenizer"].get("all_special_ids"))
         self.objective = get_objective(config.objective, self.model_config, settings)
         self._check_data_fits_objective()
         self.masking = _masking(config, self.seq_len)
