@@ -84,6 +84,14 @@ def stdlib_docstrings(limit: int | None = None) -> list[str]:
     return docs[:limit] if limit else docs
 
 
+def _demo_config():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("demo_config", REPO / "configs" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def _flaxbert(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flaxbert.cli", *args], cwd=REPO, check=check)
 
@@ -120,10 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     _flaxbert("train-tokenizer", str(corpus), "--out", str(tok_dir), "--kind", "wordpiece",
               "--vocab-size", "8000", "--overwrite")
 
-    print("== 3. data: sentence pairs for MLM + NSP, 128 tokens, TFRecord shards")
+    print("== 3. data: sentence pairs for MLM + NSP, 64 tokens, TFRecord shards")
     data = work / "data"
     _flaxbert("prepare", str(corpus), "--tokenizer", str(tok_dir), "--mode", "nsp",
-              "--max-seq-length", "128", "--out", str(data), "--validation-fraction", "0.02",
+              "--max-seq-length", "64", "--out", str(data), "--validation-fraction", "0.02",
               "--overwrite")
     manifest = json.loads((data / "manifest.json").read_text())
     for split, counts in manifest["splits"].items():
@@ -133,12 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     print("== 4. pre-training bert-tiny (configs/demo.py) on the CPU")
     run = work / "run"
     overrides = [f"--config.data.train={data}"]
-    if args.steps:
-        overrides.append(f"--config.train.num_steps={args.steps}")
+    if args.steps:  # a shorter run (smoke tests): warm up and save within it
+        overrides += [f"--config.train.num_steps={args.steps}",
+                      f"--config.optimizer.warmup_steps={args.steps // 10}",
+                      f"--config.checkpoint.save_every={max(1, args.steps // 4)}",
+                      f"--config.train.log_every={max(1, args.steps // 8)}",
+                      f"--config.train.eval_every={args.steps}"]
     command = [sys.executable, "-m", "flaxbert.cli", "pretrain", "--config",
                str(REPO / "configs" / "demo.py"), "--workdir", str(run), *overrides]
     first = subprocess.Popen(command, cwd=REPO)
-    stop_at = (args.steps or 600) // 2
+    stop_at = (args.steps or _demo_config().train.num_steps) // 2
     _wait_for_step(run / "metrics.jsonl", stop_at, first)
     if first.poll() is None:
         print(f"   -- sending SIGTERM at step ~{stop_at}, as a TPU preemption would --")
@@ -168,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     export = exports[-1]
     import torch  # noqa: F401  (transformers' PyTorch classes need it)
     import transformers
+    transformers.logging.set_verbosity_error()  # the pre-training export also holds NSP weights
     model = transformers.AutoModelForMaskedLM.from_pretrained(export)
     tokenizer = transformers.AutoTokenizer.from_pretrained(export)
     fill = transformers.pipeline("fill-mask", model=model, tokenizer=tokenizer, device="cpu")

@@ -356,7 +356,8 @@ class Trainer:
             done = cfg.train.num_steps
             if done not in ckpt.steps():
                 ckpt.save(done, state, batches.state(), force=True)
-            evaluation = self.evaluate(state.params)
+            just_evaluated = cfg.train.eval_every and done % cfg.train.eval_every == 0
+            evaluation = None if just_evaluated else self.evaluate(state.params)
             if evaluation:
                 writer.write(done, evaluation)
                 last.update(evaluation)
