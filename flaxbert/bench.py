@@ -198,7 +198,8 @@ def format_table(rows: list[dict]) -> str:
             f"{'vs torch':>8}")
     lines = [head]
     for r in rows:
-        ref = [o for o in rows if o["mode"] == r["mode"] and o["impl"] == "torch eager"]
+        ref = [o for o in rows if o["impl"] == "torch eager"
+               and all(o[k] == r[k] for k in ("mode", "model", "seq_len", "batch"))]
         ratio = f"{r['seq_per_s'] / ref[0]['seq_per_s']:.2f}x" if ref else "-"
         mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "-"
         lines.append(f"{r['impl']:<14} {r['mode']:<9} {r['model']:<26} {r['seq_len']:>4} "
@@ -233,6 +234,51 @@ def run(args) -> list[dict]:
     return rows
 
 
+# `--table`: every family at base size, both modes, the two shapes of the HF reference numbers.
+TABLE_MODELS = ("bert-base-uncased", "roberta-base", "distilbert-base-uncased", "albert-base-v2",
+                "electra-base-discriminator", "deberta-v3-base", "xlnet-base-cased")
+TABLE_SHAPES = ((128, 256), (512, 32))
+NO_TORCH_TWIN = {"xlnet-base-cased": "transformers has no masked-LM XLNet to time against our PLM step"}
+
+
+def run_table(args) -> list[dict]:
+    """The whole results table (benchmarks/README.md) in one command; rows that fail (e.g. out of
+    memory) are reported and skipped."""
+    import datetime
+
+    import jax
+    rows, notes = [], []
+    for model in TABLE_MODELS:
+        for seq_len, batch in TABLE_SHAPES:
+            one = argparse.Namespace(**{**vars(args), "model": model, "seq_len": seq_len,
+                                        "batch_size": batch, "json": None,
+                                        "compare_torch": model not in NO_TORCH_TWIN,
+                                        "torch_compile": model not in NO_TORCH_TWIN})
+            try:
+                rows += run(one)
+            except Exception as e:  # noqa: BLE001 - one failed row must not lose the table
+                notes.append(f"{model} S{seq_len} B{batch}: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:200]}")
+                print(f"FAILED {notes[-1]}")
+    device = jax.devices()[0]
+    header = (f"{device.device_kind} x{jax.device_count()}, {datetime.date.today()}, "
+              f"dtype {args.dtype}, attention {args.attention}, dropout "
+              f"{'config default' if args.dropout is None else args.dropout}")
+    text = "\n".join([header, "", "```", format_table(rows), "```"]
+                     + [f"- {m}: {why}" for m, why in NO_TORCH_TWIN.items()]
+                     + [f"- failed: {n}" for n in notes])
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def _run_command(args):
+    return run_table(args) if args.table else run(args)
+
+
 def add_bench_parser(commands) -> None:
     p = commands.add_parser("bench", help="train/inference throughput and MFU, optionally vs "
                                           "transformers' PyTorch model", description=__doc__,
@@ -254,4 +300,8 @@ def add_bench_parser(commands) -> None:
     p.add_argument("--torch-compile", action="store_true", help="with --compare-torch: add "
                                                                "torch.compile")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    p.set_defaults(run=run)
+    p.add_argument("--table", action="store_true",
+                   help="the whole results table: every family at base size, train and "
+                        "inference, S128 B256 and S512 B32, vs torch eager and torch.compile")
+    p.add_argument("--markdown", default=None, help="with --table: write it to this file")
+    p.set_defaults(run=_run_command)

@@ -41,3 +41,17 @@ def test_bench_refuses_a_sequence_longer_than_the_model(capsys):
     from flaxbert.cli import main
     assert main(["bench", "--model", "bert-tiny", "--seq-len", "4096", "--steps", "1"]) == 2
     assert "4096" in capsys.readouterr().err
+
+
+def test_table_command_writes_markdown_with_device_and_ratios(tmp_path, monkeypatch, capsys):
+    from flaxbert import bench
+    from flaxbert.cli import main
+    monkeypatch.setattr(bench, "TABLE_MODELS", ("bert-tiny", "xlnet-tiny"))
+    monkeypatch.setattr(bench, "TABLE_SHAPES", ((16, 2),))
+    monkeypatch.setattr(bench, "NO_TORCH_TWIN", {"xlnet-tiny": "no twin"})
+    out = tmp_path / "table.md"
+    assert main(["bench", "--table", "--markdown", str(out), "--dtype", "float32", "--steps",
+                 "1", "--warmup", "0", "--mode", "inference"]) == 0
+    text = out.read_text()
+    assert "bert-tiny" in text and "xlnet-tiny" in text and "torch.compile" in text
+    assert "- xlnet-tiny: no twin" in text and "float32" in text

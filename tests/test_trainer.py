@@ -271,6 +271,8 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(corpus, tmp_path, cap
         trainer.run()
     assert "step 4" in caplog.text and "damaged" in caplog.text
     assert "resumed from step 2" in caplog.text
+    # Rerunning a finished run resumes at its end and saves nothing twice.
+    Trainer(c, tmp_path).run()
     assert sorted(p.name for p in ckpt.iterdir() if p.name.isdigit()) == ["2", "4", "6"]
     assert len(list((tmp_path / "checkpoints.damaged").iterdir())) == 1
 
@@ -335,3 +337,19 @@ def test_data_fsdp_and_tensor_parallel_steps_match_one_device(corpus):
     reference = losses.pop("(1, 1, 1)")
     for mesh, values in losses.items():
         np.testing.assert_allclose(values, reference, atol=1e-5, err_msg=mesh)
+
+
+def test_a_forced_save_right_after_an_async_save_of_the_same_step_is_a_no_op(tmp_path):
+    """A preemption that lands on a checkpoint step saves once (the async save may not be
+    listed yet when the forced one comes)."""
+    import jax.numpy as jnp
+
+    from flaxbert.training.checkpoint import Checkpoints
+    ckpt = Checkpoints(tmp_path, save_every=3, keep=2, async_save=True)
+    state = {"w": jnp.arange(4.0)}
+    assert not ckpt.save(2, state, {"next_batch": 2})
+    assert ckpt.save(3, state, {"next_batch": 3})
+    assert not ckpt.save(3, state, {"next_batch": 3}, force=True)
+    assert ckpt.save(4, state, {"next_batch": 4}, force=True)
+    ckpt.close()
+    assert Checkpoints(tmp_path, save_every=3, keep=2).steps() == [3, 4]

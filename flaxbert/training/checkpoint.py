@@ -29,6 +29,7 @@ class Checkpoints:
             raise ValueError(f"checkpoint.keep={keep} must be >= 1 (or None to keep all)")
         self.directory = Path(directory).absolute()
         self.save_every = save_every
+        self.last_saved = None  # an async save may still be in flight, not yet in all_steps()
         # The interval is decided here (Orbax's own policy would also save the first step).
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=1, max_to_keep=keep,
@@ -38,8 +39,9 @@ class Checkpoints:
 
     def save(self, step: int, state: Any, data_state: dict, *, force: bool = False) -> bool:
         """Save if `step` is on the interval (or `force`); async unless configured otherwise."""
-        if not force and step % self.save_every:
+        if step == self.last_saved or (not force and step % self.save_every):
             return False
+        self.last_saved = step
         return self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
 
@@ -61,6 +63,7 @@ class Checkpoints:
             try:
                 state, data = self.restore(step, abstract_state)
                 self._set_aside(damaged)
+                self.last_saved = step
                 return step, state, data
             except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
                 log.warning("checkpoint step %d in %s is damaged (%s: %s); trying an older one",

@@ -347,15 +347,13 @@ class Trainer:
                 if cfg.train.eval_every and done % cfg.train.eval_every == 0:
                     writer.write(done, self.evaluate(state.params) or {})
                 if stop["signal"] is not None or ckpt.manager.reached_preemption(done):
-                    ckpt.save(done, state, batches.state(),
-                              force=done not in ckpt.steps())
+                    ckpt.save(done, state, batches.state(), force=True)
                     ckpt.wait()
                     print(f"stopped by signal at step {done}; checkpoint saved, rerun to resume",
                           flush=True)
                     return last
             done = cfg.train.num_steps
-            if done not in ckpt.steps():
-                ckpt.save(done, state, batches.state(), force=True)
+            ckpt.save(done, state, batches.state(), force=True)  # no-op if just saved
             just_evaluated = cfg.train.eval_every and done % cfg.train.eval_every == 0
             evaluation = None if just_evaluated else self.evaluate(state.params)
             if evaluation:
