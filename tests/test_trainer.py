@@ -248,7 +248,7 @@ def test_kill_and_preemption_resume_give_the_uninterrupted_losses(corpus, tmp_pa
         assert loss == pytest.approx(reference[step], abs=1e-6), step
 
 
-def test_damaged_checkpoint_falls_back_to_the_previous_one(corpus, tmp_path, caplog):
+def test_damaged_checkpoint_falls_back_to_the_previous_one(corpus, tmp_path, caplog, capsys):
     from flaxbert.training.trainer import Trainer
     data = _prepared(corpus, "nsp")
     c = _config("bert_base.py:tiny", data, **{"train.num_steps": 4, "train.global_batch_size": 8,
@@ -270,7 +270,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(corpus, tmp_path, cap
     with caplog.at_level("WARNING"):
         trainer.run()
     assert "step 4" in caplog.text and "damaged" in caplog.text
-    assert "resumed from step 2" in caplog.text
+    assert "resumed from checkpoint at step 2" in capsys.readouterr().out
     # Rerunning a finished run resumes at its end and saves nothing twice.
     Trainer(c, tmp_path).run()
     assert sorted(p.name for p in ckpt.iterdir() if p.name.isdigit()) == ["2", "4", "6"]

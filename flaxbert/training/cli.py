@@ -51,11 +51,12 @@ def _pretrain(args) -> None:
     if multihost:
         import jax
         jax.distributed.initialize()
+    trainer = Trainer(config, workdir)
     try:
-        last = Trainer(config, workdir).run()
+        last = trainer.run()
     except TrainingHalted as e:
         raise SystemExit(f"flaxbert pretrain: halted: {e}") from None
-    if last:
+    if last and not trainer.stopped_early:
         shown = {k: round(v, 4) for k, v in last.items()
                  if k in ("loss", "mlm_accuracy", "eval_loss", "eval_mlm_accuracy", "seq_per_s")}
         print(f"pretrain: done; last metrics {shown}; workdir {workdir}")

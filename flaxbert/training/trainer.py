@@ -299,6 +299,7 @@ class Trainer:
         export at the end. Returns the last logged metrics."""
         from flaxbert.training.reporting import MetricWriter, throughput
         cfg = self.config
+        self.stopped_early = False
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._write_run_config()
         ckpt = Checkpoints(self.workdir / "checkpoints", save_every=cfg.checkpoint.save_every,
@@ -309,7 +310,7 @@ class Trainer:
             data_state = {"next_batch": 0}
         else:
             start, state, data_state = restored
-            log.warning("resumed from step %d in %s", start, ckpt.directory)
+            log.info("resumed from step %d in %s", start, ckpt.directory)
             print(f"resumed from checkpoint at step {start}", flush=True)
         batches = self.batches(int(data_state["next_batch"]))
 
@@ -351,6 +352,7 @@ class Trainer:
                     ckpt.wait()
                     print(f"stopped by signal at step {done}; checkpoint saved, rerun to resume",
                           flush=True)
+                    self.stopped_early = True
                     return last
             done = cfg.train.num_steps
             ckpt.save(done, state, batches.state(), force=True)  # no-op if just saved
