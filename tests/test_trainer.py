@@ -179,6 +179,17 @@ def test_cli_pretrain_export_and_transformers_loads_it(corpus, tmp_path):
     np.testing.assert_allclose(np.asarray(ours.seq_relationship_logits),
                                theirs.seq_relationship_logits.numpy(), atol=2e-4)
 
+    # A later phase (BERT's 512-token phase 2, say) starts from an export with init_from.
+    import jax
+
+    from flaxbert.training.trainer import Trainer
+    c = _config("bert_base.py:tiny", data, **{"init_from": str(out), "train.num_steps": 2,
+                                              "optimizer.warmup_steps": 1})
+    started = Trainer(c, tmp_path / "phase2").init_state()
+    for a, b in zip(jax.tree_util.tree_leaves(started.params), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(started.step) == 0
+
 
 def _pretrain_command(workdir, data, steps):
     return [sys.executable, "-m", "flaxbert.cli", "pretrain", "--config",
