@@ -97,8 +97,9 @@ class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, *, devices=None,
                  manifest: dict | None = None):
         """`devices`: the devices the mesh spans (default all; tests pass a subset).
-        `manifest`: what the data looks like (max_seq_length, vocab_size, mode, special_ids);
-        read from data.train's manifests unless given (benchmarks feed synthetic batches)."""
+        `manifest`: what the data looks like (max_seq_length, mode, tokenizer: vocab_size and
+        special ids), as `flaxbert.data.prepare.read_manifest` returns it; read from
+        data.train's manifests unless given (benchmarks feed synthetic batches)."""
         from flaxbert.training.objectives import OBJECTIVES, get_objective
 
         check_config(config)
