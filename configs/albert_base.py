@@ -6,7 +6,7 @@ sentence-order prediction, 512 tokens (10% shorter), batch 4096, LAMB lr 0.00176
 
 `:tiny` switches to albert-tiny for a local run.
 """
-from flaxbert.training.config import default_config
+from flaxbert.training.config import default_config, tiny_run
 
 
 def get_config(arg: str = ""):
@@ -22,11 +22,8 @@ def get_config(arg: str = ""):
     c.optimizer.warmup_steps = 3_125
     c.checkpoint.save_every = 5_000
     if arg == "tiny":
-        c.model = "albert-tiny"
-        c.train.num_steps, c.train.global_batch_size = 300, 32
         # LAMB scales each update by the layer's weight norm: tiny models need a larger rate.
-        c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-2, 30
-        c.checkpoint.save_every = 100
+        tiny_run(c, "albert-tiny", learning_rate=1e-2)
     elif arg:
         raise ValueError(f"albert_base.py: argument {arg!r}; use nothing or tiny")
     return c

@@ -11,7 +11,7 @@ MLM + NSP, batch 256, AdamW lr 1e-4 (weight decay 0.01, linear warmup 10k steps,
 
 `:tiny` switches to bert-tiny for a local run on a CPU.
 """
-from flaxbert.training.config import default_config
+from flaxbert.training.config import default_config, tiny_run
 
 
 def get_config(arg: str = "phase1"):
@@ -34,8 +34,5 @@ def get_config(arg: str = "phase1"):
         c.data.max_predictions_per_seq = 20
     c.checkpoint.save_every = 10_000
     if arg == "tiny":
-        c.model = "bert-tiny"
-        c.train.num_steps, c.train.global_batch_size = 300, 32
-        c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-3, 30
-        c.checkpoint.save_every = 100
+        tiny_run(c, "bert-tiny")
     return c

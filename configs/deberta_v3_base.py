@@ -5,7 +5,7 @@ ELECTRA-style RTD with gradient-disentangled embedding sharing, which flaxbert d
 
 `:tiny` switches to deberta-v3-tiny for a local run.
 """
-from flaxbert.training.config import default_config
+from flaxbert.training.config import default_config, tiny_run
 
 
 def get_config(arg: str = ""):
@@ -20,11 +20,7 @@ def get_config(arg: str = ""):
     c.optimizer.warmup_steps = 10_000
     c.checkpoint.save_every = 10_000
     if arg == "tiny":
-        c.model = "deberta-v3-tiny"
-        c.data.max_predictions_per_seq = 20
-        c.train.num_steps, c.train.global_batch_size = 300, 32
-        c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-3, 30
-        c.checkpoint.save_every = 100
+        tiny_run(c, "deberta-v3-tiny")
     elif arg:
         raise ValueError(f"deberta_v3_base.py: argument {arg!r}; use nothing or tiny")
     return c

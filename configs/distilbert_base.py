@@ -7,7 +7,7 @@ soft-target KL at temperature 2 (weight 5), MLM (weight 2) and a cosine loss on 
 
 `:tiny` uses distilbert-tiny taught by a randomly initialised bert-tiny (a smoke test only).
 """
-from flaxbert.training.config import default_config
+from flaxbert.training.config import default_config, tiny_run
 
 
 def get_config(arg: str = ""):
@@ -32,13 +32,9 @@ def get_config(arg: str = ""):
     c.optimizer.warmup_steps = 2_000
     c.checkpoint.save_every = 5_000
     if arg == "tiny":
-        c.model = "distilbert-tiny"
+        tiny_run(c, "distilbert-tiny")
         c.objective_settings.teacher = "bert-tiny"
         c.objective_settings.teacher_seed = 0
-        c.data.max_predictions_per_seq = 20
-        c.train.num_steps, c.train.global_batch_size, c.train.num_microbatches = 300, 32, 1
-        c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-3, 30
-        c.checkpoint.save_every = 100
     elif arg:
         raise ValueError(f"distilbert_base.py: argument {arg!r}; use nothing or tiny")
     return c

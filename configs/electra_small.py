@@ -7,7 +7,7 @@ generator sharing the discriminator's embeddings, lambda 50, 128 tokens, batch 1
 
 `:tiny` switches to electra-tiny (with electra-tiny-generator) for a local run.
 """
-from flaxbert.training.config import default_config
+from flaxbert.training.config import default_config, tiny_run
 
 
 def get_config(arg: str = ""):
@@ -23,11 +23,8 @@ def get_config(arg: str = ""):
     c.optimizer.warmup_steps = 10_000
     c.checkpoint.save_every = 10_000
     if arg == "tiny":
-        c.model = "electra-tiny"
+        tiny_run(c, "electra-tiny")
         c.objective_settings.generator = "electra-tiny-generator"
-        c.train.num_steps, c.train.global_batch_size = 300, 32
-        c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-3, 30
-        c.checkpoint.save_every = 100
     elif arg:
         raise ValueError(f"electra_small.py: argument {arg!r}; use nothing or tiny")
     return c

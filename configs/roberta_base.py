@@ -7,7 +7,7 @@ beta2 0.98, eps 1e-6, weight decay 0.01, 24k warmup steps, linear decay.
 
 `:tiny` switches to roberta-tiny for a local run.
 """
-from flaxbert.training.config import default_config
+from flaxbert.training.config import default_config, tiny_run
 
 
 def get_config(arg: str = ""):
@@ -23,11 +23,7 @@ def get_config(arg: str = ""):
     c.optimizer.warmup_steps = 24_000
     c.checkpoint.save_every = 10_000
     if arg == "tiny":
-        c.model = "roberta-tiny"
-        c.data.max_predictions_per_seq = 20
-        c.train.num_steps, c.train.global_batch_size = 300, 32
-        c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-3, 30
-        c.checkpoint.save_every = 100
+        tiny_run(c, "roberta-tiny")
     elif arg:
         raise ValueError(f"roberta_base.py: argument {arg!r}; use nothing or tiny")
     return c

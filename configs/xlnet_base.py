@@ -8,7 +8,7 @@ the batch here is 2048 for a base model, so tune the learning rate if you change
 
 `:tiny` switches to xlnet-tiny for a local run.
 """
-from flaxbert.training.config import default_config
+from flaxbert.training.config import default_config, tiny_run
 
 
 def get_config(arg: str = ""):
@@ -24,10 +24,7 @@ def get_config(arg: str = ""):
     c.optimizer.eps = 1e-6
     c.checkpoint.save_every = 10_000
     if arg == "tiny":
-        c.model = "xlnet-tiny"
-        c.train.num_steps, c.train.global_batch_size = 300, 32
-        c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-3, 30
-        c.checkpoint.save_every = 100
+        tiny_run(c, "xlnet-tiny")
     elif arg:
         raise ValueError(f"xlnet_base.py: argument {arg!r}; use nothing or tiny")
     return c

@@ -74,6 +74,17 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def tiny_run(c: ml_collections.ConfigDict, model: str, *, learning_rate: float = 1e-3
+             ) -> ml_collections.ConfigDict:
+    """A recipe's `:tiny` switch: the same recipe on a tiny registered model, sized for a CPU."""
+    c.model = model
+    c.data.max_predictions_per_seq = min(c.data.max_predictions_per_seq, 20)
+    c.train.num_steps, c.train.global_batch_size, c.train.num_microbatches = 300, 32, 1
+    c.optimizer.learning_rate, c.optimizer.warmup_steps = learning_rate, 30
+    c.checkpoint.save_every = 100
+    return c
+
+
 def check_config(c: ml_collections.ConfigDict) -> None:
     """Raise ValueError naming the first bad field."""
     def need(ok, message):
