@@ -144,7 +144,8 @@ def test_cli_pretrain_export_and_transformers_loads_it(corpus, tmp_path):
 
     import flaxbert
     from flaxbert.cli import main
-    data = _prepared(corpus, "nsp")
+    data = tmp_path / "data"
+    shutil.copytree(_prepared(corpus, "nsp"), data)
     workdir = tmp_path / "run"
     rc = main(["pretrain", "--config", f"{CONFIGS / 'bert_base.py'}:tiny", "--workdir",
                str(workdir), f"--config.data.train={data}", "--config.train.num_steps=6",
@@ -162,9 +163,16 @@ def test_cli_pretrain_export_and_transformers_loads_it(corpus, tmp_path):
     export = workdir / "export" / "step_6"
     assert (export / "config.json").is_file() and (export / "tokenizer.json").is_file()
 
-    # `flaxbert export` of an earlier step, and PyTorch agrees with the trained flax weights.
+    # `flaxbert export` of an earlier step needs only the workdir (the data has moved away), and
+    # PyTorch agrees with the trained flax weights.
+    data.rename(tmp_path / "data-moved")
     out = tmp_path / "step3"
     assert main(["export", "--workdir", str(workdir), "--step", "3", "--output", str(out)]) == 0
+    assert (out / "tokenizer.json").is_file()
+    kept = out / "kept.txt"
+    kept.write_text("a file of the user's")
+    assert main(["export", "--workdir", str(workdir), "--step", "6", "--output", str(out)]) == 2
+    assert kept.read_text() == "a file of the user's"  # refused, nothing replaced
     torch_model = transformers.BertForPreTraining.from_pretrained(out).eval()
     model, params = flaxbert.from_pretrained(out, task="pretraining")
     tok = transformers.AutoTokenizer.from_pretrained(out)
@@ -183,7 +191,8 @@ def test_cli_pretrain_export_and_transformers_loads_it(corpus, tmp_path):
     import jax
 
     from flaxbert.training.trainer import Trainer
-    c = _config("bert_base.py:tiny", data, **{"init_from": str(out), "train.num_steps": 2,
+    c = _config("bert_base.py:tiny", tmp_path / "data-moved",
+                **{"init_from": str(out), "train.num_steps": 2,
                                               "optimizer.warmup_steps": 1})
     started = Trainer(c, tmp_path / "phase2").init_state()
     for a, b in zip(jax.tree_util.tree_leaves(started.params), jax.tree_util.tree_leaves(params)):
@@ -251,10 +260,10 @@ def test_kill_and_preemption_resume_give_the_uninterrupted_losses(corpus, tmp_pa
                             capture_output=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resumed from checkpoint at step" in result.stdout
-    # Steps re-run after the kill are written again; every row (first or repeated) must match.
+    # Steps re-run after the kill replace the rows the killed run wrote: each step once, in order.
     rows = [json.loads(ln) for ln in (broken / "metrics.jsonl").read_text().splitlines()]
     seen = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    assert {s for s, _ in seen} == set(range(1, steps + 1))
+    assert [s for s, _ in seen] == list(range(1, steps + 1))
     for step, loss in seen:
         assert loss == pytest.approx(reference[step], abs=1e-6), step
 
@@ -311,6 +320,31 @@ def test_missing_data_and_bad_values_give_clear_errors(corpus, tmp_path, capsys)
                  "--workdir", str(tmp_path)]) == 2
     assert "phase9" in capsys.readouterr().err
     assert main(["export", "--workdir", str(tmp_path / "none"), "--output", str(tmp_path / "o")]) == 2
+
+
+def test_one_process_per_workdir_and_a_dead_holder_is_taken_over(corpus, tmp_path, capsys):
+    from flaxbert.cli import main
+    from flaxbert.training.workdir import WorkdirLock
+    workdir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from flaxbert.training.workdir import "
+         f"WorkdirLock; WorkdirLock({str(workdir)!r}).acquire(); print('locked', flush=True); "
+         "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        rc = main(["pretrain", "--config", f"{CONFIGS / 'bert_base.py'}:tiny", "--workdir",
+                   str(workdir), f"--config.data.train={_prepared(corpus, 'nsp')}",
+                   "--config.train.num_steps=2", "--config.optimizer.warmup_steps=1"])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"in use by pid {holder.pid}" in err, err
+        assert not (workdir / "checkpoints").exists() and not (workdir / "metrics.jsonl").exists()
+    finally:
+        holder.kill()  # kill -9 leaves the lock file behind; the kernel dropped the lock
+        holder.wait()
+    with WorkdirLock(workdir):
+        assert f"pid {os.getpid()}" in (workdir / "lock").read_text()
+        with pytest.raises(BlockingIOError, match="in use by pid"):
+            WorkdirLock(workdir).acquire()
 
 
 MESH_SCRIPT = r"""

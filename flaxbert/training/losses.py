@@ -71,14 +71,16 @@ def masked_lm_loss(logits, masked_ids, masked_weights, *, label_smoothing: float
     return loss, {"mlm_loss": loss, "mlm_accuracy": accuracy}
 
 
-def sentence_pair_loss(logits, labels, prefix: str) -> tuple[jnp.ndarray, Metrics]:
+def sentence_pair_loss(logits, labels, prefix: str, weights=None) -> tuple[jnp.ndarray, Metrics]:
     """Two-way sentence-pair classification: next-sentence (prefix "nsp": 0 IsNext, 1 NotNext) or
-    sentence order (prefix "sop": 0 in order, 1 swapped). logits (B, 2), labels (B,). Returns the
-    mean cross entropy and {prefix + "_loss", prefix + "_accuracy"}."""
+    sentence order (prefix "sop": 0 in order, 1 swapped). logits (B, 2), labels (B,), optional
+    row weights (B,). Returns the (weighted) mean cross entropy and {prefix + "_loss",
+    prefix + "_accuracy"}."""
     if jnp.ndim(logits) != 2 or jnp.shape(logits)[:1] != jnp.shape(labels):
         raise ValueError(f"{prefix}: logits must be (batch, classes) and labels (batch,), got "
                          f"{jnp.shape(logits)} and {jnp.shape(labels)}")
-    loss, accuracy = token_cross_entropy(logits, labels, jnp.ones(jnp.shape(labels)))
+    weights = jnp.ones(jnp.shape(labels)) if weights is None else weights
+    loss, accuracy = token_cross_entropy(logits, labels, weights)
     return loss, {f"{prefix}_loss": loss, f"{prefix}_accuracy": accuracy}
 
 

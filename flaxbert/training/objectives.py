@@ -132,6 +132,10 @@ class Objective:
         if rng is None and (self.needs_rng or not deterministic):
             raise ValueError(f"objective {self.name!r} needs an rng "
                              f"({'it samples' if self.needs_rng else 'dropout'})")
+        if "example_weights" in batch and "masked_weights" in batch:
+            # Rows of weight 0 (an evaluation's padding) predict nothing.
+            batch = {**batch, "masked_weights": batch["masked_weights"]
+                     * batch["example_weights"][:, None].astype(batch["masked_weights"].dtype)}
         loss, metrics = self.compute(params, batch, rng, deterministic, frozen)
         return loss, {**metrics, "loss": loss}
 
@@ -153,6 +157,15 @@ class Objective:
         return [("", self.model, params)]
 
     # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def row_weights(batch, per_token=None):
+        """The optional `example_weights` (B,) of a batch (1 real row, 0 padding), times a per-token
+        weight (B, S) when given; all ones without the key."""
+        rows = batch.get("example_weights")
+        if per_token is None:
+            return jnp.ones(jnp.shape(batch["input_ids"])[:1]) if rows is None else rows
+        return per_token if rows is None else per_token * rows[:, None].astype(per_token.dtype)
 
     @staticmethod
     def tokens(batch) -> tuple:
@@ -197,7 +210,8 @@ class MaskedLMWithPair(MaskedLM):
                          **self.head_inputs(batch))
         mlm, metrics = self.mlm(out.prediction_logits, batch)
         pair, pair_metrics = losses.sentence_pair_loss(out[self.model.pair_output],
-                                                       batch["pair_label"], self.pair_task)
+                                                       batch["pair_label"], self.pair_task,
+                                                       self.row_weights(batch))
         return mlm + pair, {**metrics, **pair_metrics}
 
 
@@ -322,8 +336,8 @@ class ReplacedTokenDetection(Objective):
         tokens = self.tokens(batch)
         disc = self.apply(self.model, params, (ids,) + tokens[1:], disc_key, deterministic,
                           method=ElectraPair.discriminate)
-        rtd, rtd_metrics = losses.replaced_token_detection_loss(disc.logits, is_replaced,
-                                                                tokens[1])
+        rtd, rtd_metrics = losses.replaced_token_detection_loss(
+            disc.logits, is_replaced, self.row_weights(batch, tokens[1]))
         return gen_loss + self.settings["rtd_weight"] * rtd, {**metrics, **rtd_metrics}
 
     def task_name(self):
@@ -404,7 +418,7 @@ class Distillation(MaskedLM):
                   else (None, None))
         distill, distill_metrics = losses.distillation_losses(
             student.logits, teacher.logits, batch["masked_weights"], s["temperature"], *hidden,
-            tokens[1], alpha_ce=s["alpha_ce"], alpha_cos=s["alpha_cos"])
+            self.row_weights(batch, tokens[1]), alpha_ce=s["alpha_ce"], alpha_cos=s["alpha_cos"])
         return distill + s["alpha_mlm"] * mlm, {**metrics, **distill_metrics}
 
 
@@ -498,7 +512,8 @@ class PermutationLM(Objective):
         out = self.apply(self.model, params, self.tokens(batch), dropout_key, deterministic,
                          perm_mask=plm["perm_mask"], target_mapping=plm["target_mapping"],
                          use_mems=False)
-        return losses.permutation_lm_loss(out.logits, plm["labels"])
+        labels = jnp.where(self.row_weights(batch)[:, None] > 0, plm["labels"], IGNORE)
+        return losses.permutation_lm_loss(out.logits, labels)
 
 
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (

@@ -12,8 +12,8 @@ checkpoint at the next step boundary and exits cleanly; rerunning resumes from i
 """
 from __future__ import annotations
 
-import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -29,11 +29,14 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from flaxbert.io import atomic_directory, read_json
 from flaxbert.layers.sharding import LOGICAL_AXIS_RULES, logical_shardings, make_mesh
 from flaxbert.models import registry
 from flaxbert.training.checkpoint import Checkpoints
 from flaxbert.training.config import check_config
 from flaxbert.training.optim import make_optimizer, nonfinite_counts
+from flaxbert.training.workdir import (WorkdirLock, load_data_description, save_data_description,
+                                       trim_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +98,13 @@ class Trainer:
     """Builds everything a run needs from a config; `run()` trains, checkpoints and exports."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, *, devices=None,
-                 manifest: dict | None = None):
+                 manifest: dict | None = None, load_frozen: bool = True):
         """`devices`: the devices the mesh spans (default all; tests pass a subset).
         `manifest`: what the data looks like (max_seq_length, mode, tokenizer: vocab_size and
         special ids), as `flaxbert.data.prepare.read_manifest` returns it; read from
-        data.train's manifests unless given (benchmarks feed synthetic batches)."""
+        data.train's manifests unless given (benchmarks feed synthetic batches; an export reads
+        the copy the workdir keeps). `load_frozen=False` leaves a frozen network (distillation's
+        teacher) unloaded, for restoring and exporting, which never run a train step."""
         from flaxbert.training.objectives import OBJECTIVES, get_objective
 
         check_config(config)
@@ -137,7 +142,7 @@ class Trainer:
         self.state_shardings = logical_shardings(self._abstract_boxed, self.mesh, self.rules)
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp")))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.frozen, self.frozen_shardings = self._load_frozen()
+        self.frozen, self.frozen_shardings = self._load_frozen() if load_frozen else (None, None)
         self._train_step = jax.jit(
             self._step, in_shardings=(self.state_shardings, self.batch_sharding,
                                       self.frozen_shardings),
@@ -254,7 +259,9 @@ class Trainer:
 
     def _eval(self, params, batch, frozen):
         loss, metrics = self._loss(params, batch, jax.random.PRNGKey(0), frozen, True)
-        return dict(metrics, loss=loss)
+        rows = (jnp.sum(batch["example_weights"]) if "example_weights" in batch
+                else jnp.asarray(batch["input_ids"].shape[0], jnp.float32))
+        return dict(metrics, loss=loss, rows=rows)
 
     def train_step(self, state, batch):
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
@@ -279,30 +286,55 @@ class Trainer:
                              start_batch=start_batch)
 
     def evaluate(self, params) -> dict | None:
-        from flaxbert.data.pipeline import BatchIterator
-        if not self.manifest.get("sequences", {}).get("validation", 0):
+        """Metrics over the validation split, read once in order (the last batch padded with
+        rows of weight 0), each batch's means weighted by the real rows it holds; the first
+        `train.eval_batches` batches only when that is > 0; None when it is 0 or there is no
+        validation data."""
+        from flaxbert.data.pipeline import make_eval_dataset
+        limit = self.config.train.eval_batches
+        if limit == 0:
             return None
-        batches = BatchIterator(self.data_dirs, split="validation",
-                                global_batch_size=self.config.train.global_batch_size,
-                                masking=self.masking, seed=self.config.data.seed, repeat=False)
-        totals, n = {}, 0
-        for batch in batches:
-            if n == self.config.train.eval_batches:
+        if not self.manifest.get("sequences", {}).get("validation", 0):
+            log.warning("no evaluation: %s hold no validation sequences", self.data_dirs)
+            return None
+        batches = make_eval_dataset(self.data_dirs,
+                                    global_batch_size=self.config.train.global_batch_size,
+                                    masking=self.masking, seed=self.config.data.seed)
+        totals, rows, n = {}, 0.0, 0
+        for batch in batches.as_numpy_iterator():
+            if n == limit:
                 break
-            for k, v in jax.device_get(self.eval_step(params, batch)).items():
-                totals[k] = totals.get(k, 0.0) + float(v)
+            metrics = jax.device_get(self.eval_step(params, batch))
+            weight = float(metrics.pop("rows"))
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + weight * float(v)
+            rows += weight
             n += 1
-        return {f"eval_{k}": v / n for k, v in totals.items()} if n else None
+        if not rows:
+            return None
+        return {**{f"eval_{k}": v / rows for k, v in totals.items()}, "eval_sequences": rows}
 
     # ----------------------------------------------------------------------------- the run
     def run(self) -> dict:
         """Train to `train.num_steps` (resuming from the workdir's latest good checkpoint),
-        export at the end. Returns the last logged metrics."""
-        from flaxbert.training.reporting import MetricWriter, throughput
+        export at the end. Returns the last logged metrics. The workdir is locked for the run:
+        a second process training in it is refused (WorkdirBusy)."""
         cfg = self.config
         self.stopped_early = False
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._write_run_config()
+        lock = WorkdirLock(self.workdir).acquire() if jax.process_index() == 0 else None
+        try:
+            return self._run(cfg)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self, cfg) -> dict:
+        from flaxbert.training.reporting import MetricWriter, throughput
+        if jax.process_index() == 0:
+            self._write_run_config()
+            if self.data_dirs:  # what an export needs later, whether or not the data stays
+                save_data_description(self.workdir, self.manifest)
         ckpt = Checkpoints(self.workdir / "checkpoints", save_every=cfg.checkpoint.save_every,
                            keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
         restored = ckpt.restore_latest(self.abstract_state())
@@ -312,6 +344,8 @@ class Trainer:
         else:
             start, state, data_state = restored
             log.info("resumed from step %d in %s", start, ckpt.directory)
+            if jax.process_index() == 0:
+                trim_metrics(self.workdir, start)  # the steps after it are run again
             print(f"resumed from checkpoint at step {start}", flush=True)
         batches = self.batches(int(data_state["next_batch"]))
 
@@ -364,7 +398,8 @@ class Trainer:
                 last.update(evaluation)
             ckpt.wait()
             if cfg.export.at_end and jax.process_index() == 0:
-                self.export(state.params, self.workdir / "export" / f"step_{done}")
+                self.export(state.params, self.workdir / "export" / f"step_{done}",
+                            overwrite=True)  # a rerun of a finished run writes the same
         finally:
             ckpt.close()
             writer.close()
@@ -375,22 +410,26 @@ class Trainer:
     def _write_run_config(self):
         if jax.process_index() != 0:
             return
-        (self.workdir / "config.json").write_text(self.config.to_json_best_effort(indent=2))
+        file = self.workdir / "config.json"
+        tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
+        tmp.write_text(self.config.to_json_best_effort(indent=2))
+        os.replace(tmp, file)
 
-    def export(self, params, directory: str | Path) -> list[Path]:
+    def export(self, params, directory: str | Path, *, overwrite: bool = False) -> list[Path]:
         """Write the objective's trained model(s) as transformers directories, with the data's
-        tokenizer; each written atomically."""
+        tokenizer. `directory` appears complete or not at all (ELECTRA's generator and
+        discriminator together); an existing one is refused unless `overwrite`."""
         import flaxbert
         tokenizer_dir = Path(self.manifest.get("tokenizer_dir", ""))
         extra = sorted(p for p in tokenizer_dir.iterdir() if p.is_file()) \
             if tokenizer_dir.is_dir() else []
         params = jax.device_get(params)
-        written = []
-        for sub, module, part in self.objective.export(params):
-            out = Path(directory) / sub if sub else Path(directory)
-            written.append(flaxbert.save_pretrained(out, module, part, format="hf",
-                                                    overwrite=True, extra_files=extra))
-        return written
+        parts = self.objective.export(params)
+        with atomic_directory(directory, overwrite) as tmp:
+            for sub, module, part in parts:
+                flaxbert.save_pretrained(tmp / sub if sub else tmp, module, part, format="hf",
+                                         overwrite=True, extra_files=extra)
+        return [Path(directory) / sub if sub else Path(directory) for sub, _, _ in parts]
 
 
 def _main_thread() -> bool:
@@ -399,14 +438,15 @@ def _main_thread() -> bool:
 
 
 def restore_params(workdir: str | Path, step: int | None = None):
-    """(trainer, params) of a finished or running workdir, for export."""
-    workdir = Path(workdir)
+    """(trainer, step, params) of a finished or running workdir, for export. Needs only the
+    workdir: the data's shapes and tokenizer come from the copies the run keeps there."""
+    workdir = Path(workdir).absolute()
     config_file = workdir / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{workdir} has no config.json; is it a `flaxbert pretrain` "
                                 "workdir?")
-    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-    trainer = Trainer(config, workdir)
+    config = ml_collections.ConfigDict(read_json(config_file))
+    trainer = Trainer(config, workdir, manifest=load_data_description(workdir), load_frozen=False)
     ckpt = Checkpoints(workdir / "checkpoints", save_every=1, keep=None, async_save=False)
     try:
         if step is None:

@@ -1,0 +1,120 @@
+"""What a training workdir holds besides checkpoints, and who may write it.
+
+    <workdir>/lock            held (fcntl.flock) by the one process training here; pid and host
+    <workdir>/config.json     the run's config, as given
+    <workdir>/data.json       the data manifest the run was built for (shapes, tokenizer ids)
+    <workdir>/tokenizer/      a copy of the data's tokenizer, so an export needs nothing else
+    <workdir>/metrics.jsonl   one row per logged step (and per evaluation), each step once
+
+The lock is an advisory `flock` on an open file: the kernel drops it when the process dies, even
+by kill -9, so a stale lock is simply taken over; the pid and host written into it are only for
+the message a second process prints.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from flaxbert.io import atomic_directory, read_json
+
+LOCK, MANIFEST, TOKENIZER = "lock", "data.json", "tokenizer"
+
+
+class WorkdirBusy(BlockingIOError):
+    """Another process is training in this workdir (an OSError, as the CLI reports it)."""
+
+
+class WorkdirLock:
+    """An exclusive lock on a workdir for the lifetime of a run (a context manager)."""
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.path = Path(workdir) / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> WorkdirLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise WorkdirBusy(f"{self.path.parent} is in use by {holder} (lock file {self.path}); "
+                              "wait for it to finish or use another --workdir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> WorkdirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def trim_metrics(workdir: str | os.PathLike, last_step: int) -> int:
+    """Drop metrics.jsonl rows past `last_step` (steps a resumed run replays after the checkpoint
+    it resumes from), rewriting the file atomically. Returns how many rows were dropped."""
+    file = Path(workdir) / "metrics.jsonl"
+    if not file.exists():
+        return 0
+    lines = file.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill mid-write
+        if step <= last_step:
+            kept.append(line)
+    if len(kept) == len(lines):
+        return 0
+    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, file)
+    return len(lines) - len(kept)
+
+
+def save_data_description(workdir: str | os.PathLike, manifest: dict) -> dict:
+    """Keep the manifest and a copy of its tokenizer in the workdir (once; a resumed run reuses
+    them), so export and restore need only the workdir. Returns the workdir's manifest."""
+    workdir = Path(workdir)
+    tokenizer = workdir / TOKENIZER
+    source = Path(manifest.get("tokenizer_dir", ""))
+    if not tokenizer.exists() and source.is_dir():
+        with atomic_directory(tokenizer) as tmp:
+            for file in sorted(source.iterdir()):
+                if file.is_file():
+                    shutil.copy2(file, tmp / file.name)
+    saved = {k: v for k, v in manifest.items() 
+             if k not in ("files", "manifests", "data_dirs", "tokenizer_dir")}
+    saved["data_dirs"] = list(manifest.get("data_dirs", []))
+    file = workdir / MANIFEST
+    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, file)
+    return load_data_description(workdir)
+
+
+def load_data_description(workdir: str | os.PathLike) -> dict:
+    """The manifest `save_data_description` kept, its tokenizer_dir pointing into the workdir."""
+    workdir = Path(workdir)
+    file = workdir / MANIFEST
+    if not file.is_file():
+        raise FileNotFoundError(f"{workdir} has no {MANIFEST}; it was not written by "
+                                "`flaxbert pretrain` (or by a version before workdirs kept it)")
+    manifest = read_json(file)
+    if (workdir / TOKENIZER).is_dir():
+        manifest["tokenizer_dir"] = str((workdir / TOKENIZER).absolute())
+    return manifest
