@@ -516,9 +516,89 @@ class PermutationLM(Objective):
         return losses.permutation_lm_loss(out.logits, labels)
 
 
+# ----------------------------------------------------------------------------- fine-tuning
+
+class TaskObjective(Objective):
+    """A fine-tuning task: a task model with a fresh (or saved) head and the loss transformers'
+    `<Family>For<Task>` computes. Batches: input_ids, attention_mask, token_type_ids and `labels`
+    (plus the optional example_weights, 0 for the padding rows of a last batch)."""
+
+    data = "task"
+
+    def required_keys(self):
+        return TOKEN_KEYS + ("labels",)
+
+    def head_inputs(self, batch) -> dict:
+        return {}
+
+    def check_batch(self, batch):
+        missing = [k for k in self.required_keys() if k not in batch]
+        if missing:
+            raise ValueError(f"objective {self.name!r} needs batch key(s) {missing}; the batch "
+                             f"has {sorted(batch)}")
+        rank = getattr(self.model, "input_rank", 2)
+        shape = jnp.shape(batch["input_ids"])
+        if len(shape) != rank:
+            raise ValueError(f"objective {self.name!r}: input_ids must have rank {rank}, got "
+                             f"shape {shape}")
+        if jnp.shape(batch["labels"]) != shape[:self.label_rank]:
+            raise ValueError(f"objective {self.name!r}: labels must have shape "
+                             f"{shape[:self.label_rank]}, got {jnp.shape(batch['labels'])}")
+
+    label_rank: ClassVar[int] = 1
+
+    def logits(self, params, batch, rng=None, deterministic=True):
+        return self.apply(self.model, params, self.tokens(batch), rng, deterministic).logits
+
+    def compute(self, params, batch, rng, deterministic, frozen):
+        logits = self.logits(params, batch, rng, deterministic)
+        loss, accuracy = losses.token_cross_entropy(
+            logits, batch["labels"], self.label_weights(batch),
+            self.settings["label_smoothing"])
+        return loss, {"accuracy": accuracy}
+
+    def label_weights(self, batch):
+        return self.row_weights(batch)
+
+
+class SequenceClassification(TaskObjective):
+    """Cross entropy over num_labels classes; with num_labels=1, regression (mean squared error
+    of the one logit), as transformers chooses."""
+
+    name = "classification"
+    task = "sequence-classification"
+
+    def compute(self, params, batch, rng, deterministic, frozen):
+        if self.config.num_labels > 1:
+            return super().compute(params, batch, rng, deterministic, frozen)
+        prediction = self.logits(params, batch, rng, deterministic)[:, 0]
+        error = jnp.square(prediction.astype(jnp.float32) - batch["labels"].astype(jnp.float32))
+        mse = losses.weighted_mean(error, self.row_weights(batch))
+        return mse, {"mse": mse}
+
+
+class TokenClassification(TaskObjective):
+    """Per-token cross entropy; labels -100 (sub-words after the first, special tokens,
+    padding) are ignored, as in transformers."""
+
+    name = "token_classification"
+    task = "token-classification"
+    label_rank = 2
+
+    def label_weights(self, batch):
+        return self.row_weights(batch, (batch["labels"] != IGNORE).astype(jnp.float32))
+
+
+class MultipleChoice(TaskObjective):
+    """Cross entropy over the choices: input_ids (batch, choices, length), labels (batch,)."""
+
+    name = "multiple_choice"
+    task = "multiple-choice"
+
+
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (
     MaskedLM, MaskedLMNextSentence, MaskedLMSentenceOrder, ReplacedTokenDetection, Distillation,
-    PermutationLM)}
+    PermutationLM, SequenceClassification, TokenClassification, MultipleChoice)}
 
 
 def get_objective(name: str, model_config: EncoderConfig,
