@@ -139,6 +139,13 @@ class Objective:
         loss, metrics = self.compute(params, batch, rng, deterministic, frozen)
         return loss, {**metrics, "loss": loss}
 
+    def evaluate(self, params, batch, frozen=None) -> tuple[jax.Array, dict, dict]:
+        """(loss, metrics, outputs) without dropout, for evaluation: `outputs` are per-row
+        arrays the data side scores (a task's logits and labels); none for pre-training."""
+        loss, metrics = self.loss(params, batch, jax.random.PRNGKey(0), deterministic=True,
+                                  frozen=frozen)
+        return loss, metrics, {}
+
     def task_name(self) -> str:
         """The task of the one model trained (what a checkpoint to start from is loaded as)."""
         return self.task
@@ -551,7 +558,9 @@ class TaskObjective(Objective):
         return self.apply(self.model, params, self.tokens(batch), rng, deterministic).logits
 
     def compute(self, params, batch, rng, deterministic, frozen):
-        logits = self.logits(params, batch, rng, deterministic)
+        return self.scored(self.logits(params, batch, rng, deterministic), batch)
+
+    def scored(self, logits, batch) -> tuple[jax.Array, dict]:
         loss, accuracy = losses.token_cross_entropy(
             logits, batch["labels"], self.label_weights(batch),
             self.settings["label_smoothing"])
@@ -559,6 +568,13 @@ class TaskObjective(Objective):
 
     def label_weights(self, batch):
         return self.row_weights(batch)
+
+    def evaluate(self, params, batch, frozen=None):
+        self.check_batch(batch)
+        logits = self.logits(params, batch)
+        loss, metrics = self.scored(logits, batch)
+        return loss, {**metrics, "loss": loss}, {"logits": logits.astype(jnp.float32),
+                                                 "labels": batch["labels"]}
 
 
 class SequenceClassification(TaskObjective):
@@ -568,11 +584,10 @@ class SequenceClassification(TaskObjective):
     name = "classification"
     task = "sequence-classification"
 
-    def compute(self, params, batch, rng, deterministic, frozen):
+    def scored(self, logits, batch):
         if self.config.num_labels > 1:
-            return super().compute(params, batch, rng, deterministic, frozen)
-        prediction = self.logits(params, batch, rng, deterministic)[:, 0]
-        error = jnp.square(prediction.astype(jnp.float32) - batch["labels"].astype(jnp.float32))
+            return super().scored(logits, batch)
+        error = jnp.square(logits[:, 0].astype(jnp.float32) - batch["labels"].astype(jnp.float32))
         mse = losses.weighted_mean(error, self.row_weights(batch))
         return mse, {"mse": mse}
 

@@ -31,10 +31,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from flaxbert.io import atomic_directory, read_json
 from flaxbert.layers.sharding import LOGICAL_AXIS_RULES, logical_shardings, make_mesh
-from flaxbert.models import registry
 from flaxbert.training.checkpoint import Checkpoints
 from flaxbert.training.config import check_config
 from flaxbert.training.optim import make_optimizer, nonfinite_counts
+from flaxbert.training.sources import data_source
 from flaxbert.training.workdir import (WorkdirLock, load_data_description, save_data_description,
                                        trim_metrics)
 
@@ -53,79 +53,30 @@ class TrainState:
     rng: jax.Array  # a raw uint32 key: plain data, checkpointed like any array
 
 
-def data_dirs(config) -> list[str]:
-    dirs = [d.strip() for d in str(config.data.train).split(",") if d.strip()]
-    for d in dirs:
-        if not (Path(d) / "manifest.json").is_file():
-            raise FileNotFoundError(f"data.train: {d} is not a directory written by "
-                                    "`flaxbert prepare` (no manifest.json)")
-    return dirs
-
-
-def model_config_for(config, manifest: dict):
-    """The registered config with the run's overrides; vocabulary and pad id from the data's
-    tokenizer when `vocab_from_data` (a model must cover every id the data holds)."""
-    overrides = dict(config.model_overrides.to_dict()) if config.model_overrides else {}
-    base = registry.get_config(config.model)
-    vocab = int(manifest["tokenizer"]["vocab_size"])
-    if config.vocab_from_data:
-        overrides.setdefault("vocab_size", vocab)
-        pad = manifest["tokenizer"].get("special_ids", {}).get("pad")
-        if pad is not None and "pad_token_id" in {f for f in base.to_dict()}:
-            overrides.setdefault("pad_token_id", int(pad))
-    model_config = base.replace(**overrides)
-    if model_config.vocab_size < vocab:
-        raise ValueError(f"model vocab_size={model_config.vocab_size} is smaller than the data "
-                         f"tokenizer's {vocab}")
-    needed = int(manifest["max_seq_length"])
-    if model_config.max_sequence_length < needed:
-        raise ValueError(f"the data has sequences of {needed} tokens but {config.model} allows "
-                         f"{model_config.max_sequence_length}")
-    return model_config
-
-
-def _masking(config, seq_len: int):
-    from flaxbert.data.masking import MaskingConfig
-    if not config.data.masking:
-        return None
-    d = config.data
-    return MaskingConfig(mlm_probability=d.mlm_probability,
-                         max_predictions_per_seq=d.max_predictions_per_seq,
-                         whole_word=d.whole_word, max_ngram=d.max_ngram)
-
-
 class Trainer:
     """Builds everything a run needs from a config; `run()` trains, checkpoints and exports."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, *, devices=None,
-                 manifest: dict | None = None, load_frozen: bool = True):
+                 manifest: dict | None = None, description: dict | None = None,
+                 load_frozen: bool = True):
         """`devices`: the devices the mesh spans (default all; tests pass a subset).
         `manifest`: what the data looks like (max_seq_length, mode, tokenizer: vocab_size and
         special ids), as `flaxbert.data.prepare.read_manifest` returns it; read from
-        data.train's manifests unless given (benchmarks feed synthetic batches; an export reads
-        the copy the workdir keeps). `load_frozen=False` leaves a frozen network (distillation's
+        data.train's manifests unless given (benchmarks feed synthetic batches).
+        `description`: what an earlier run kept in its workdir (restoring for an export reads
+        nothing else). `load_frozen=False` leaves a frozen network (distillation's
         teacher) unloaded, for restoring and exporting, which never run a train step."""
         from flaxbert.training.objectives import OBJECTIVES, get_objective
 
         check_config(config)
         self.config = config
         self.workdir = Path(workdir).absolute()
-        if manifest is None:
-            from flaxbert.data.pipeline import read_manifest
-            self.data_dirs = data_dirs(config)
-            manifest = read_manifest(self.data_dirs)
-        else:
-            self.data_dirs = []
-        self.manifest = manifest
-        self.seq_len = int(self.manifest["max_seq_length"])
-        self.model_config = model_config_for(config, self.manifest)
-        settings = config.objective_settings.to_dict() if config.objective_settings else {}
-        if "special_ids" in getattr(OBJECTIVES.get(config.objective), "defaults", {}):
-            # XLNet's PLM never predicts special tokens: take them from the data's tokenizer.
-            settings.setdefault("special_ids", self.manifest["tokenizer"].get("all_special_ids"))
+        self.data = data_source(config, manifest, description)
+        self.seq_len = self.data.seq_len
+        self.model_config = self.data.model_config()
+        settings = self.data.objective_settings(OBJECTIVES.get(config.objective))
         self.objective = get_objective(config.objective, self.model_config, settings)
-        self._check_data_fits_objective()
-        self.masking = _masking(config, self.seq_len)
+        self.data.check(self.objective)
 
         self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
         self.rules = tuple(tuple(r) for r in config.mesh.rules) or LOGICAL_AXIS_RULES
@@ -153,30 +104,9 @@ class Trainer:
             out_shardings=self.replicated)
 
     # ----------------------------------------------------------------------------- set-up
-    def _check_data_fits_objective(self):
-        need_pairs = getattr(self.objective, "pair_task", None)
-        mode = self.manifest.get("mode")
-        if need_pairs and mode != need_pairs:
-            raise ValueError(f"objective {self.config.objective!r} needs data prepared with "
-                             f"--mode {need_pairs}; {self.data_dirs} were prepared with {mode!r}")
-        wants_masking = getattr(self.objective, "data", "mlm") == "mlm"
-        if wants_masking != bool(self.config.data.masking):
-            raise ValueError(f"objective {self.config.objective!r} needs data.masking="
-                             f"{wants_masking}")
-
     def example_batch(self, batch_size: int = 1) -> dict:
-        """Zeros shaped like a pipeline batch (for init and shape checks)."""
-        s, p = self.seq_len, self.config.data.max_predictions_per_seq
-        batch = {"input_ids": np.ones((batch_size, s), np.int32),
-                 "attention_mask": np.ones((batch_size, s), np.int32),
-                 "token_type_ids": np.zeros((batch_size, s), np.int32)}
-        if self.config.data.masking:
-            batch.update(masked_positions=np.zeros((batch_size, p), np.int32),
-                         masked_ids=np.zeros((batch_size, p), np.int32),
-                         masked_weights=np.ones((batch_size, p), np.float32))
-        if self.manifest.get("mode") in ("nsp", "sop"):
-            batch["pair_label"] = np.zeros((batch_size,), np.int32)
-        return batch
+        """Zeros shaped like the data's batches (for init and shape checks)."""
+        return self.data.example_batch(batch_size)
 
     def _init_boxed(self, rng, example) -> TrainState:
         params = self.objective.init(rng, example)["params"]
@@ -190,8 +120,13 @@ class Trainer:
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             boxed = jax.jit(self._init_boxed, out_shardings=self.state_shardings)(rng, example)
         state = nn.meta.unbox(boxed)
-        if self.config.init_from:
+        initial = getattr(self.data, "initial_params", None)  # a fine-tuned checkpoint's
+        if initial is not None:
+            state = state.replace(params=self._checked_params(initial, state.params,
+                                                              self.config.model))
+        if self.config.get("init_from"):
             state = state.replace(params=self._params_from(self.config.init_from, state.params))
+        if initial is not None or self.config.get("init_from"):
             state = state.replace(opt_state=jax.jit(
                 self.tx.init, out_shardings=self.state_shardings.opt_state)(state.params))
         return state
@@ -199,10 +134,13 @@ class Trainer:
     def _params_from(self, path: str, like) -> Any:
         import flaxbert
         _, params = flaxbert.from_pretrained(path, task=self.objective.task_name())
+        return self._checked_params(params, like, f"init_from={path}")
+
+    def _checked_params(self, params, like, source: str) -> Any:
         if (jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(like)
                 or any(a.shape != b.shape for a, b in zip(jax.tree_util.tree_leaves(params),
                                                           jax.tree_util.tree_leaves(like)))):
-            raise ValueError(f"init_from={path}: its parameters do not match {self.config.model} "
+            raise ValueError(f"{source}: its parameters do not match {self.config.model} "
                              f"with objective {self.config.objective!r}")
         return jax.device_put(params, self.state_shardings.params)
 
@@ -258,10 +196,11 @@ class Trainer:
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def _eval(self, params, batch, frozen):
-        loss, metrics = self._loss(params, batch, jax.random.PRNGKey(0), frozen, True)
+        with nn.logical_axis_rules(self.rules):
+            loss, metrics, outputs = self.objective.evaluate(params, batch, frozen=frozen)
         rows = (jnp.sum(batch["example_weights"]) if "example_weights" in batch
                 else jnp.asarray(batch["input_ids"].shape[0], jnp.float32))
-        return dict(metrics, loss=loss, rows=rows)
+        return dict(metrics, loss=loss, rows=rows), outputs
 
     def train_step(self, state, batch):
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
@@ -277,42 +216,40 @@ class Trainer:
                 for k, v in local_batch.items()}
 
     # ----------------------------------------------------------------------------- data
-    def batches(self, start_batch: int = 0):
-        from flaxbert.data.pipeline import BatchIterator
-        return BatchIterator(self.data_dirs, split="train",
-                             global_batch_size=self.config.train.global_batch_size,
-                             masking=self.masking, seed=self.config.data.seed,
-                             shuffle_buffer=self.config.data.shuffle_buffer,
-                             start_batch=start_batch)
+    def batches(self, state: dict | None = None):
+        """The training stream, continued from a checkpoint's data `state` (None: the start)."""
+        return self.data.train_batches(state)
 
     def evaluate(self, params) -> dict | None:
-        """Metrics over the validation split, read once in order (the last batch padded with
-        rows of weight 0), each batch's means weighted by the real rows it holds; the first
-        `train.eval_batches` batches only when that is > 0; None when it is 0 or there is no
-        validation data."""
-        from flaxbert.data.pipeline import make_eval_dataset
+        """Metrics over every evaluation pass of the data (the validation split(s), read once
+        in order, the last batch padded with rows of weight 0): the step's metrics averaged
+        over the real rows, plus the data's own metrics of the outputs (a task's accuracy, F1,
+        ...). The first `train.eval_batches` batches only when that is > 0; None when it is 0
+        or there is nothing to evaluate."""
         limit = self.config.train.eval_batches
         if limit == 0:
             return None
-        if not self.manifest.get("sequences", {}).get("validation", 0):
-            log.warning("no evaluation: %s hold no validation sequences", self.data_dirs)
-            return None
-        batches = make_eval_dataset(self.data_dirs,
-                                    global_batch_size=self.config.train.global_batch_size,
-                                    masking=self.masking, seed=self.config.data.seed)
-        totals, rows, n = {}, 0.0, 0
-        for batch in batches.as_numpy_iterator():
-            if n == limit:
-                break
-            metrics = jax.device_get(self.eval_step(params, batch))
-            weight = float(metrics.pop("rows"))
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + weight * float(v)
-            rows += weight
-            n += 1
-        if not rows:
-            return None
-        return {**{f"eval_{k}": v / rows for k, v in totals.items()}, "eval_sequences": rows}
+        result = {}
+        for prefix, batches in self.data.eval_passes():
+            totals, rows, outputs = {}, 0.0, []
+            for n, batch in enumerate(batches):
+                if n == limit:
+                    break
+                metrics, out = jax.device_get(self.eval_step(params, batch))
+                weight = float(metrics.pop("rows"))
+                for k, v in metrics.items():
+                    totals[k] = totals.get(k, 0.0) + weight * float(v)
+                rows += weight
+                if out:
+                    real = np.asarray(batch["example_weights"]) > 0
+                    outputs.append({k: np.asarray(v)[real] for k, v in out.items()})
+            if rows:
+                result.update({f"{prefix}{k}": v / rows for k, v in totals.items()})
+                result.update({f"{prefix}{k}": float(v)
+                               for k, v in self.data.outputs_metrics(outputs).items()} if outputs
+                              else {})
+                result[f"{prefix}sequences"] = rows
+        return result or None
 
     # ----------------------------------------------------------------------------- the run
     def run(self) -> dict:
@@ -333,8 +270,8 @@ class Trainer:
         from flaxbert.training.reporting import MetricWriter, throughput
         if jax.process_index() == 0:
             self._write_run_config()
-            if self.data_dirs:  # what an export needs later, whether or not the data stays
-                save_data_description(self.workdir, self.manifest)
+            # What an export needs later, whether or not the data and checkpoint stay.
+            save_data_description(self.workdir, self.data.description(), self.data.tokenizer_dir)
         ckpt = Checkpoints(self.workdir / "checkpoints", save_every=cfg.checkpoint.save_every,
                            keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
         restored = ckpt.restore_latest(self.abstract_state())
@@ -347,7 +284,7 @@ class Trainer:
             if jax.process_index() == 0:
                 trim_metrics(self.workdir, start)  # the steps after it are run again
             print(f"resumed from checkpoint at step {start}", flush=True)
-        batches = self.batches(int(data_state["next_batch"]))
+        batches = self.batches(data_state if restored is not None else None)
 
         stop = {"signal": None}
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum)) \
@@ -420,7 +357,7 @@ class Trainer:
         tokenizer. `directory` appears complete or not at all (ELECTRA's generator and
         discriminator together); an existing one is refused unless `overwrite`."""
         import flaxbert
-        tokenizer_dir = Path(self.manifest.get("tokenizer_dir", ""))
+        tokenizer_dir = Path(self.data.tokenizer_dir or "")
         extra = sorted(p for p in tokenizer_dir.iterdir() if p.is_file()) \
             if tokenizer_dir.is_dir() else []
         params = jax.device_get(params)
@@ -446,7 +383,8 @@ def restore_params(workdir: str | Path, step: int | None = None):
         raise FileNotFoundError(f"{workdir} has no config.json; is it a `flaxbert pretrain` "
                                 "workdir?")
     config = ml_collections.ConfigDict(read_json(config_file))
-    trainer = Trainer(config, workdir, manifest=load_data_description(workdir), load_frozen=False)
+    trainer = Trainer(config, workdir, description=load_data_description(workdir),
+                      load_frozen=False)
     ckpt = Checkpoints(workdir / "checkpoints", save_every=1, keep=None, async_save=False)
     try:
         if step is None:

@@ -2,7 +2,7 @@
 
     <workdir>/lock            held (fcntl.flock) by the one process training here; pid and host
     <workdir>/config.json     the run's config, as given
-    <workdir>/data.json       the data manifest the run was built for (shapes, tokenizer ids)
+    <workdir>/data.json       what the data looked like (shapes, tokenizer ids, task labels)
     <workdir>/tokenizer/      a copy of the data's tokenizer, so an export needs nothing else
     <workdir>/metrics.jsonl   one row per logged step (and per evaluation), each step once
 
@@ -86,25 +86,24 @@ def trim_metrics(workdir: str | os.PathLike, last_step: int) -> int:
     return len(lines) - len(kept)
 
 
-def save_data_description(workdir: str | os.PathLike, manifest: dict) -> dict:
-    """Keep the manifest and a copy of its tokenizer in the workdir (once; a resumed run reuses
-    them), so export and restore need only the workdir. Returns the workdir's manifest."""
+def save_data_description(workdir: str | os.PathLike, description: dict,
+                          tokenizer_dir: str | os.PathLike | None) -> None:
+    """Keep the data's description (shapes, tokenizer ids, labels) and a copy of its tokenizer
+    in the workdir (the copy once; a resumed run reuses it), so export and restore need only
+    the workdir."""
     workdir = Path(workdir)
     tokenizer = workdir / TOKENIZER
-    source = Path(manifest.get("tokenizer_dir", ""))
-    if not tokenizer.exists() and source.is_dir():
+    source = Path(tokenizer_dir or "")
+    if not tokenizer.exists() and tokenizer_dir and source.is_dir():
         with atomic_directory(tokenizer) as tmp:
             for file in sorted(source.iterdir()):
                 if file.is_file():
                     shutil.copy2(file, tmp / file.name)
-    saved = {k: v for k, v in manifest.items() 
-             if k not in ("files", "manifests", "data_dirs", "tokenizer_dir")}
-    saved["data_dirs"] = list(manifest.get("data_dirs", []))
     file = workdir / MANIFEST
     tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps({k: v for k, v in description.items() if k != "tokenizer_dir"},
+                              indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, file)
-    return load_data_description(workdir)
 
 
 def load_data_description(workdir: str | os.PathLike) -> dict:

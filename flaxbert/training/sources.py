@@ -1,0 +1,378 @@
+"""Where a run's batches come from: prepared pre-training shards, or a labelled task's files.
+
+The Trainer asks its source for the same few things whatever it trains: the model config the data
+needs, an example batch (shapes for init), a resumable stream of training batches, the evaluation
+passes, the metrics of an evaluation's outputs, and a JSON description that it keeps in the
+workdir so a later export needs nothing else.
+
+    PretrainingData  `flaxbert prepare` directories -> masked (or plain) batches, mean metrics
+    TaskData         CSV / TSV / JSON(L) / CoNLL / SWAG / tfds: / hf: files -> bucketed task
+                     batches, with the task's metrics (GLUE's, entity F1, ...) on the predictions
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from flaxbert.models import registry
+
+log = logging.getLogger(__name__)
+
+
+def _overrides(config) -> dict:
+    return dict(config.model_overrides.to_dict()) if config.model_overrides else {}
+
+
+# ----------------------------------------------------------------------------- pre-training
+
+def data_dirs(config) -> list[str]:
+    dirs = [d.strip() for d in str(config.data.train).split(",") if d.strip()]
+    for d in dirs:
+        if not (Path(d) / "manifest.json").is_file():
+            raise FileNotFoundError(f"data.train: {d} is not a directory written by "
+                                    "`flaxbert prepare` (no manifest.json)")
+    return dirs
+
+
+def model_config_for(config, manifest: dict):
+    """The registered config with the run's overrides; vocabulary and pad id from the data's
+    tokenizer when `vocab_from_data` (a model must cover every id the data holds)."""
+    overrides = _overrides(config)
+    base = registry.get_config(config.model)
+    vocab = int(manifest["tokenizer"]["vocab_size"])
+    if config.vocab_from_data:
+        overrides.setdefault("vocab_size", vocab)
+        pad = manifest["tokenizer"].get("special_ids", {}).get("pad")
+        if pad is not None and "pad_token_id" in {f for f in base.to_dict()}:
+            overrides.setdefault("pad_token_id", int(pad))
+    model_config = base.replace(**overrides)
+    if model_config.vocab_size < vocab:
+        raise ValueError(f"model vocab_size={model_config.vocab_size} is smaller than the data "
+                         f"tokenizer's {vocab}")
+    needed = int(manifest["max_seq_length"])
+    if model_config.max_sequence_length < needed:
+        raise ValueError(f"the data has sequences of {needed} tokens but {config.model} allows "
+                         f"{model_config.max_sequence_length}")
+    return model_config
+
+
+class PretrainingData:
+    """`flaxbert prepare` directories (data.train) or, given `manifest`, just their description
+    (benchmarks feed synthetic batches; an export reads the copy its workdir keeps)."""
+
+    def __init__(self, config, manifest: dict | None = None):
+        from flaxbert.data.masking import MaskingConfig
+        self.config = config
+        if manifest is None:
+            from flaxbert.data.pipeline import read_manifest
+            self.data_dirs = data_dirs(config)
+            manifest = read_manifest(self.data_dirs)
+        else:
+            self.data_dirs = []
+        self.manifest = manifest
+        self.seq_len = int(manifest["max_seq_length"])
+        d = config.data
+        self.masking = MaskingConfig(
+            mlm_probability=d.mlm_probability, max_predictions_per_seq=d.max_predictions_per_seq,
+            whole_word=d.whole_word, max_ngram=d.max_ngram) if d.masking else None
+
+    @property
+    def tokenizer_dir(self) -> str:
+        return self.manifest.get("tokenizer_dir", "")
+
+    def model_config(self):
+        return model_config_for(self.config, self.manifest)
+
+    def objective_settings(self, objective_cls) -> dict:
+        settings = self.config.objective_settings.to_dict() if self.config.objective_settings \
+            else {}
+        if "special_ids" in getattr(objective_cls, "defaults", {}):
+            # XLNet's PLM never predicts special tokens: take them from the data's tokenizer.
+            settings.setdefault("special_ids", self.manifest["tokenizer"].get("all_special_ids"))
+        return settings
+
+    def check(self, objective) -> None:
+        need_pairs = getattr(objective, "pair_task", None)
+        mode = self.manifest.get("mode")
+        if need_pairs and mode != need_pairs:
+            raise ValueError(f"objective {self.config.objective!r} needs data prepared with "
+                             f"--mode {need_pairs}; {self.data_dirs} were prepared with {mode!r}")
+        wants_masking = objective.data == "mlm"
+        if objective.data == "task":
+            raise ValueError(f"objective {self.config.objective!r} fine-tunes on labelled task "
+                             "files: use `flaxbert finetune` with a finetune_*.py config")
+        if wants_masking != bool(self.config.data.masking):
+            raise ValueError(f"objective {self.config.objective!r} needs data.masking="
+                             f"{wants_masking}")
+
+    def example_batch(self, batch_size: int = 1) -> dict:
+        """Zeros shaped like a pipeline batch (for init and shape checks)."""
+        s, p = self.seq_len, self.config.data.max_predictions_per_seq
+        batch = {"input_ids": np.ones((batch_size, s), np.int32),
+                 "attention_mask": np.ones((batch_size, s), np.int32),
+                 "token_type_ids": np.zeros((batch_size, s), np.int32)}
+        if self.masking is not None:
+            batch.update(masked_positions=np.zeros((batch_size, p), np.int32),
+                         masked_ids=np.zeros((batch_size, p), np.int32),
+                         masked_weights=np.ones((batch_size, p), np.float32))
+        if self.manifest.get("mode") in ("nsp", "sop"):
+            batch["pair_label"] = np.zeros((batch_size,), np.int32)
+        return batch
+
+    def train_batches(self, state: dict | None):
+        from flaxbert.data.pipeline import BatchIterator
+        return BatchIterator(self.data_dirs, split="train",
+                             global_batch_size=self.config.train.global_batch_size,
+                             masking=self.masking, seed=self.config.data.seed,
+                             shuffle_buffer=self.config.data.shuffle_buffer,
+                             start_batch=int((state or {}).get("next_batch", 0)))
+
+    def eval_passes(self):
+        """[(metric prefix, batches)]: the validation split once, in order."""
+        from flaxbert.data.pipeline import make_eval_dataset
+        if not self.manifest.get("sequences", {}).get("validation", 0):
+            log.warning("no evaluation: %s hold no validation sequences", self.data_dirs)
+            return []
+        return [("eval_", make_eval_dataset(
+            self.data_dirs, global_batch_size=self.config.train.global_batch_size,
+            masking=self.masking, seed=self.config.data.seed).as_numpy_iterator())]
+
+    def outputs_metrics(self, outputs: list[dict]) -> dict:
+        return {}  # pre-training reports the means of the step's own metrics only
+
+    def description(self) -> dict:
+        return {"kind": "pretraining",
+                **{k: v for k, v in self.manifest.items()
+                   if k not in ("files", "manifests", "data_dirs", "tokenizer_dir")},
+                "data_dirs": list(self.manifest.get("data_dirs", []))}
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+class TaskData:
+    """A labelled task: `config.model` (a transformers or flaxbert directory) fine-tuned on
+    data.train, evaluated on data.validation (comma-separated for several, e.g. MNLI's matched
+    and mismatched). Labels are mapped once, from the training file (or the GLUE task's names,
+    or the checkpoint's id2label when it holds every training label)."""
+
+    def __init__(self, config, description: dict | None = None):
+        from flaxbert.tokenizer import Tokenizer
+        self.config, t = config, config.task
+        self.kind = config.objective
+        self.seq_len = int(t.max_seq_length)
+        self.glue = None
+        if t.glue:
+            from flaxbert.tasks.glue import glue_task
+            self.glue = glue_task(t.glue)
+        if description is not None:  # restoring from a workdir: nothing else is read
+            self._description = description
+            self.tokenizer_dir = description.get("tokenizer_dir", "")
+            self.label_names = description.get("labels")
+            self._model_config = _config_from_dict(description["model"])
+            self.train_features = self.initial_params = None
+            return
+        source = t.tokenizer or config.model
+        if not Path(source).is_dir():
+            raise FileNotFoundError(f"task.tokenizer: {source} is not a tokenizer directory "
+                                    "(give a checkpoint directory as model, or task.tokenizer)")
+        self.tokenizer_dir = str(Path(source).absolute())
+        self.tokenizer = Tokenizer.from_pretrained(source)
+        train = self._read(config.data.train, "train", labelled=True)
+        self.label_map = self._label_map(train)
+        self.label_names = None if self.label_map is None or self.label_map.regression \
+            else list(self.label_map.names)
+        self._model_config, self.initial_params = self._model()
+        self.train_features = self._features(train)
+        self.eval_sets = []
+        for i, spec in enumerate(s.strip() for s in str(config.data.validation).split(",")):
+            if spec:
+                name = spec.rsplit(":", 1)[-1] if self.glue else f"{i}"
+                self.eval_sets.append((name, self._features(
+                    self._read(spec, self._split(spec, "validation"), labelled=True))))
+        self._description = None
+
+    # ---- reading --------------------------------------------------------------------------
+    @staticmethod
+    def _split(spec: str, default: str) -> str:
+        return spec.rsplit(":", 1)[1] if spec.startswith(("tfds:", "hf:")) and \
+            spec.count(":") >= 2 else default
+
+    def _read(self, spec, split, labelled):
+        from flaxbert.tasks import readers
+        t = self.config.task
+        if not spec:
+            raise ValueError(f"data.{split}: no file given")
+        if self.kind == "token_classification":
+            return readers.read_token_examples(spec, split=split, require_labels=labelled)
+        if self.kind == "multiple_choice":
+            return readers.read_choice_examples(spec, split=split, require_labels=labelled)
+        columns = {}
+        if self.glue is not None:
+            columns = dict(text_column=self.glue.text_columns[0],
+                           text_pair_column=(self.glue.text_columns[1]
+                                             if len(self.glue.text_columns) > 1 else ""),
+                           label_column=self.glue.label_column)
+        if t.text_column:
+            columns.update(text_column=t.text_column, text_pair_column=t.text_pair_column)
+        if t.label_column:
+            columns["label_column"] = t.label_column
+        return readers.read_sequence_examples(spec, split=split, require_labels=labelled,
+                                              **columns)
+
+    def _checkpoint_names(self):
+        config_file = Path(self.config.model) / "config.json"
+        if not config_file.is_file():
+            return None
+        from flaxbert.io import read_json
+        labels = read_json(config_file).get("id2label")
+        return [labels[k] for k in sorted(labels, key=int)] if isinstance(labels, dict) else None
+
+    def _label_map(self, train):
+        from flaxbert.tasks.labels import LabelMap, label_map_for
+        if self.kind == "multiple_choice":
+            return None
+        if self.glue is not None:
+            return LabelMap(regression=True) if self.glue.is_regression else \
+                label_map_for(train, names=self.glue.label_names)
+        return label_map_for(train, regression=True if self.config.task.regression else None,
+                             checkpoint_names=self._checkpoint_names(),
+                             checkpoint=str(self.config.model),
+                             replace_checkpoint_labels=self.config.task.replace_labels)
+
+    def _model(self):
+        """The model config the task needs and the checkpoint's weights (a fresh head where
+        the checkpoint has none); a registered name starts from random weights."""
+        import flaxbert
+        task = _TASK_OF[self.kind]
+        labels = {}
+        if self.label_map is not None:
+            labels = {"num_labels": self.label_map.num_labels,
+                      "id2label": None if self.label_map.regression else
+                      tuple(self.label_map.names)}
+        overrides = {**labels, **_overrides(self.config)}
+        if Path(self.config.model).is_dir():
+            model, params = flaxbert.from_pretrained(self.config.model, task=task, **overrides)
+            return model.config, params
+        return registry.get_config(self.config.model, **overrides), None
+
+    def _features(self, examples):
+        from flaxbert.tasks import features
+        t = self.config.task
+        overflow = t.overflow
+        if self.kind == "token_classification":
+            return features.encode_words(examples, self.tokenizer, self.label_map,
+                                         max_length=self.seq_len, overflow=overflow,
+                                         label_all_subwords=t.label_all_subwords)
+        if self.kind == "multiple_choice":
+            return features.encode_choices(examples, self.tokenizer, max_length=self.seq_len,
+                                           overflow=overflow)
+        return features.encode_sequences(examples, self.tokenizer, self.label_map,
+                                         max_length=self.seq_len, overflow=overflow)
+
+    # ---- what the Trainer asks ------------------------------------------------------------
+    def model_config(self):
+        if self._model_config.max_sequence_length < self.seq_len:
+            raise ValueError(f"task.max_seq_length={self.seq_len} exceeds the "
+                             f"{self._model_config.max_sequence_length} positions of "
+                             f"{self.config.model}")
+        return self._model_config
+
+    def objective_settings(self, objective_cls) -> dict:
+        return self.config.objective_settings.to_dict() if self.config.objective_settings \
+            else {}
+
+    def check(self, objective) -> None:
+        if objective.data != "task":
+            raise ValueError(f"objective {self.config.objective!r} pre-trains; a task config "
+                             f"needs one of {sorted(_TASK_OF)}")
+
+    def example_batch(self, batch_size: int = 1) -> dict:
+        shape = (batch_size,) + ((2,) if self.kind == "multiple_choice" else ()) + (self.seq_len,)
+        labels = (batch_size, self.seq_len) if self.kind == "token_classification" \
+            else (batch_size,)
+        regression = self.label_map is not None and self.label_map.regression \
+            if self.train_features is not None else self._model_config.num_labels == 1
+        return {"input_ids": np.ones(shape, np.int32), "attention_mask": np.ones(shape, np.int32),
+                "token_type_ids": np.zeros(shape, np.int32),
+                "labels": np.zeros(labels, np.float32 if regression else np.int32),
+                "example_weights": np.ones((batch_size,), np.float32)}
+
+    def _batches(self, features, *, train: bool, state=None):
+        import jax
+
+        from flaxbert.tasks.batching import TaskBatches
+        t = self.config.task
+        return TaskBatches(features, self.config.train.global_batch_size,
+                           max_length=self.seq_len, pad_id=self.tokenizer.pad_token_id
+                           if getattr(self.tokenizer, "pad_token_id", None) is not None else 0,
+                           padding_side=self.tokenizer.padding_side,
+                           buckets=tuple(t.buckets) or None, shuffle=train,
+                           seed=self.config.data.seed, repeat=train, pack=bool(t.pack and train),
+                           process_index=jax.process_index(), process_count=jax.process_count(),
+                           state=state)
+
+    def train_batches(self, state: dict | None):
+        return self._batches(self.train_features, train=True,
+                             state=state if state and "epoch" in state else None)
+
+    def eval_passes(self):
+        prefix = "eval_" if len(self.eval_sets) <= 1 else None
+        return [(prefix or f"eval_{name}_", _without_bookkeeping(
+            self._batches(features, train=False))) for name, features in self.eval_sets]
+
+    def outputs_metrics(self, outputs: list[dict]) -> dict:
+        """The task's metrics on an evaluation pass's (logits, labels) rows."""
+        from flaxbert.tasks import glue, metrics
+        logits = [o["logits"] for o in outputs]
+        labels = [o["labels"] for o in outputs]
+        if self.kind == "token_classification":
+            width = max(x.shape[1] for x in labels)
+            labels = np.concatenate([np.pad(x, ((0, 0), (0, width - x.shape[1])),
+                                            constant_values=-100) for x in labels])
+            logits = np.concatenate([np.pad(x, ((0, 0), (0, width - x.shape[1]), (0, 0)))
+                                     for x in logits])
+            return metrics.token_classification_metrics(logits, labels, self.label_names)
+        logits, labels = np.concatenate(logits), np.concatenate(labels)
+        if self.glue is not None:
+            return glue.compute_metrics(self.glue, logits, labels)
+        if self._model_config.num_labels == 1 and self.kind == "classification":
+            return metrics.compute_named_metrics(["pearson", "spearmanr"], logits[:, 0], labels)
+        names = list(self.config.task.metrics) or ["accuracy"]
+        return metrics.compute_named_metrics(names, logits.argmax(-1), labels)
+
+    def description(self) -> dict:
+        if self._description is not None:
+            return self._description
+        return {"kind": "task", "task": self.kind, "max_seq_length": self.seq_len,
+                "labels": self.label_names, "tokenizer_dir": self.tokenizer_dir,
+                "model": {"family": registry.family_of(self._model_config).name,
+                          "config": self._model_config.to_dict()}}
+
+
+_TASK_OF = {"classification": "sequence-classification",
+            "token_classification": "token-classification", "multiple_choice": "multiple-choice"}
+
+
+def _config_from_dict(saved: dict):
+    family = registry.family_by_name(saved["family"])
+    fields = dict(saved["config"])
+    if fields.get("id2label") is not None:
+        fields["id2label"] = tuple(fields["id2label"])
+    return family.config_cls(**fields)
+
+
+def _without_bookkeeping(batches):
+    """Task batches without the keys only the data side reads (example_index)."""
+    for batch in batches:
+        yield {k: v for k, v in batch.items() if k != "example_index"}
+
+
+def data_source(config, manifest: dict | None = None, description: dict | None = None):
+    """The source for `config`: a task when it has a `task` block, else pre-training data."""
+    if "task" in config:
+        return TaskData(config, description)
+    if description is not None:
+        manifest = description
+    return PretrainingData(config, manifest)
