@@ -91,7 +91,8 @@ def test_config_of_another_architecture(hf_dir, tmp_path):
     config = json.loads((bad / "config.json").read_text())
     config.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
     (bad / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"config.json describes a 'gpt2' model.*supports \[.*'bert'"):
+    with pytest.raises(ValueError, match=r"gpt2/config.json: model_type 'gpt2'.*"
+                                         r"flaxbert supports: \[.*'bert'"):
         flaxbert.from_pretrained(bad)
     config.update(model_type="bert", architectures=["BertLMHeadModel"])
     (bad / "config.json").write_text(json.dumps(config))

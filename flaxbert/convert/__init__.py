@@ -10,7 +10,8 @@ from flaxbert.convert.hf import load_hf, save_hf
 from flaxbert.convert.native import is_native, load_native, save_native
 
 
-def from_pretrained(path: str | os.PathLike, task: str | None = None, **config_overrides):
+def from_pretrained(path: str | os.PathLike, task: str | None = None, *,
+                    allow_nonfinite: bool = False, **config_overrides):
     """(model, params) from a local checkpoint directory.
 
     `path` is a transformers directory (config.json + model.safetensors, a sharded
@@ -20,10 +21,14 @@ def from_pretrained(path: str | os.PathLike, task: str | None = None, **config_o
     sentence-transformers layout gives "embedding"). Heads the checkpoint lacks are initialised
     fresh, with a warning, when `task` differs from the saved one. `config_overrides` replace config
     fields, e.g. num_labels=3, dtype="bfloat16", attention_impl="cudnn", scan_layers=True.
+
+    Every parameter tensor must be floating point and finite; a tensor holding NaN/inf is refused
+    by name unless `allow_nonfinite=True` (to inspect a run that diverged, say). Index entries
+    must stay inside `path`.
     """
     if is_native(path):
-        return load_native(path, task, **config_overrides)
-    return load_hf(path, task, **config_overrides)
+        return load_native(path, task, allow_nonfinite=allow_nonfinite, **config_overrides)
+    return load_hf(path, task, allow_nonfinite=allow_nonfinite, **config_overrides)
 
 
 def save_pretrained(path: str | os.PathLike, model: nn.Module, params: dict, *,
@@ -33,8 +38,10 @@ def save_pretrained(path: str | os.PathLike, model: nn.Module, params: dict, *,
 
     The hf directory loads with transformers' AutoModelFor<Task>.from_pretrained with no missing or
     unexpected keys; checkpoints larger than `max_shard_size` are sharded as transformers shards
-    them. `extra_files` (tokenizer files, say) are copied in. Everything is written to a temporary directory and renamed into place; an existing `path`
-    is refused unless overwrite=True.
+    them. `extra_files` (tokenizer files, say) are copied in. Everything is written to a temporary
+    directory and renamed into place; an existing `path` is refused unless overwrite=True. Every
+    parameter must have the config's param_dtype and be finite; one that is not is refused by name
+    before anything is written.
     """
     if format == "hf":
         return save_hf(path, model, params, overwrite=overwrite, max_shard_size=max_shard_size,

@@ -26,7 +26,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from flaxbert.io import atomic_directory, copy_files
+from flaxbert.io import atomic_directory, copy_files, read_json
 from flaxbert.layers.config import DTYPES, FLAXBERT_FIELDS, EncoderConfig
 from flaxbert.layers.encoder import stack_layers, unstack_layers
 from flaxbert.models import registry
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 SAFE_WEIGHTS, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 TORCH_WEIGHTS, TORCH_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 _LEAF_NAMES = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 # ----------------------------------------------------------------------------- tensor files
@@ -58,14 +59,28 @@ class CheckpointTensors:
                 f"{directory} has no weights: looked for {SAFE_WEIGHTS}, {SAFE_INDEX}, "
                 f"{TORCH_WEIGHTS} and {TORCH_INDEX}")
 
+    def _weight_map(self, index_file: Path) -> dict[str, str]:
+        """An index's tensor -> file map; every file must lie inside the checkpoint directory."""
+        weight_map = read_json(index_file).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            raise ValueError(f"{index_file} needs a 'weight_map' object mapping tensor names to "
+                             f"file names, got {type(weight_map).__name__}")
+        root = self.directory.resolve()
+        for key, name in weight_map.items():
+            # resolve() follows symlinks, so a link to a file elsewhere is refused as well.
+            if not (self.directory / name).resolve().is_relative_to(root):
+                raise ValueError(f"{index_file}: weight_map entry {key!r} -> {name!r} points "
+                                 f"outside the checkpoint directory {self.directory}")
+        return weight_map
+
     def _index(self, index_file: Path) -> None:
-        weight_map = json.loads(index_file.read_text())["weight_map"]
+        weight_map = self._weight_map(index_file)
         for name in sorted(set(weight_map.values())):
             self._scan(self.directory / name, expected=[k for k, v in weight_map.items() if v == name])
 
     def _scan(self, file: Path, expected: list[str] | None = None) -> None:
-        if not file.exists():
-            raise FileNotFoundError(f"{file} is listed in the index but does not exist")
+        _need_file(file, "safetensors")
         try:
             with safe_open(file, "np") as f:
                 keys = list(f.keys())
@@ -84,10 +99,11 @@ class CheckpointTensors:
             raise ImportError(f"{directory} holds PyTorch .bin weights, which need torch to read "
                               "(pip install torch); safetensors checkpoints do not") from None
         files = ([directory / TORCH_WEIGHTS] if (directory / TORCH_WEIGHTS).exists() else
-                 [directory / n for n in sorted(set(json.loads(
-                     (directory / TORCH_INDEX).read_text())["weight_map"].values()))])
+                 [directory / n for n in sorted(set(self._weight_map(directory / TORCH_INDEX)
+                                                    .values()))])
         self._torch = {}
         for file in files:
+            _need_file(file, "PyTorch checkpoint")
             try:
                 state = torch.load(file, map_location="cpu", weights_only=True)
             except Exception as e:  # torch raises several types for a bad file
@@ -119,6 +135,29 @@ class CheckpointTensors:
                 return f.get_tensor(key)
         except SafetensorError as e:
             raise ValueError(f"cannot read {key!r} from {self._where[key]}: {e}") from e
+
+
+def _need_file(file: Path, kind: str) -> None:
+    if file.is_dir():
+        raise IsADirectoryError(f"{file} is a directory, expected a {kind} file")
+    if not file.exists():
+        raise FileNotFoundError(f"{file} is listed in the index but does not exist")
+
+
+def check_tensor(what: str, value, allow_nonfinite: bool = False) -> None:
+    """Refuse a parameter tensor that is not floating point or holds NaN/inf; `what` names it."""
+    dtype = np.dtype(value.dtype)
+    if dtype.name not in FLOAT_DTYPES:
+        raise ValueError(f"{what} has dtype {dtype.name}; parameters must be one of {FLOAT_DTYPES}")
+    if allow_nonfinite:
+        return
+    # numpy: one pass, no compile per shape (jnp eagerly took 8 s for bert-base's params, numpy
+    # 0.1 s); only an array spread over other hosts is counted where it lives.
+    xp = jnp if isinstance(value, jax.Array) and not value.is_fully_addressable else np
+    bad = int(np.size(value) - xp.count_nonzero(xp.isfinite(value if xp is jnp
+                                                            else np.asarray(value))))
+    if bad:
+        raise ValueError(f"{what} holds {bad} non-finite values (NaN/inf)")
 
 
 def parse_size(size: int | str) -> int:
@@ -162,7 +201,7 @@ def read_hf_config(directory: Path) -> dict:
     file = directory / "config.json"
     if not file.exists():
         raise FileNotFoundError(f"{directory} has no config.json; is it a transformers checkpoint?")
-    return json.loads(file.read_text())
+    return read_json(file)
 
 
 def family_for_hf_config(hf_config: dict) -> registry.Family:
@@ -171,24 +210,37 @@ def family_for_hf_config(hf_config: dict) -> registry.Family:
         if family.hf.model_type == model_type:
             return family
     known = sorted(f.hf.model_type for f in registry.FAMILIES.values())
-    raise ValueError(f"config.json describes a {model_type!r} model "
-                     f"(architectures {hf_config.get('architectures')}); flaxbert supports {known}")
+    raise ValueError(f"model_type {model_type!r} (architectures {hf_config.get('architectures')})"
+                     f" is not one flaxbert supports: {known}")
+
+
+def _labels(id2label: Any) -> tuple[str, ...]:
+    """config.json's id2label ({"0": name, ...}) as a tuple; keys must be exactly 0..N-1."""
+    if not isinstance(id2label, dict) or not all(isinstance(v, str) for v in id2label.values()):
+        raise ValueError(f"id2label must map ids to label names, got {id2label!r:.80}")
+    wanted = [str(i) for i in range(len(id2label))]
+    missing = [k for k in wanted if k not in id2label]
+    if missing:
+        raise ValueError(f"id2label keys must be 0..{len(id2label) - 1}; missing {missing[0]!r} "
+                         f"(has {sorted(set(id2label) - set(wanted))[:3]})")
+    return tuple(id2label[k] for k in wanted)
 
 
 def config_from_hf(family: registry.Family, hf_config: dict, **overrides) -> EncoderConfig:
+    """Our config for a config.json's fields; values are taken as they are (a "12" stays a string
+    and is refused), never coerced."""
     for field, allowed in family.hf.config_requirements:
         if field in hf_config and hf_config[field] not in allowed:
-            raise ValueError(f"config.json sets {field}={hf_config[field]!r}; flaxbert's "
+            raise ValueError(f"{field}={hf_config[field]!r}; flaxbert's "
                              f"{family.name} supports {field} in {list(allowed)}")
     hf_config = {dict(family.hf.config_renames).get(k, k): v for k, v in hf_config.items()}
     fields = {f.name for f in dataclasses.fields(family.config_cls)} - set(FLAXBERT_FIELDS)
     kwargs = {k: hf_config[k] for k in fields if k in hf_config and hf_config[k] is not None}
     if "id2label" in hf_config:
-        labels = hf_config["id2label"]
-        kwargs["id2label"] = tuple(labels[str(i)] for i in range(len(labels)))
-        kwargs["num_labels"] = len(labels)
+        kwargs["id2label"] = _labels(hf_config["id2label"])
+        kwargs["num_labels"] = len(kwargs["id2label"])
     dtype = hf_config.get("dtype") or hf_config.get("torch_dtype")
-    if dtype in DTYPES:
+    if isinstance(dtype, str) and dtype in DTYPES:
         kwargs["param_dtype"] = dtype
     nulls = {k: v for k, v in family.hf.config_null_values
              if k in hf_config and hf_config[k] is None}
@@ -309,12 +361,15 @@ def _sentence_transformers_settings(directory: Path) -> dict | None:
     modules_file = directory / "modules.json"
     if not modules_file.exists():
         return None
-    modules = json.loads(modules_file.read_text())
+    modules = read_json(modules_file, expect=list)
     settings: dict[str, Any] = {"normalize_embeddings": False}
     for module in modules:
+        if not isinstance(module, dict) or not isinstance(module.get("type", ""), str):
+            raise ValueError(f"{modules_file}: each module must be an object with a 'type', "
+                             f"got {module!r:.80}")
         kind = module.get("type", "").rsplit(".", 1)[-1]
         if kind == "Pooling":
-            pooling = json.loads((directory / module["path"] / "config.json").read_text())
+            pooling = read_json(directory / str(module.get("path", "")) / "config.json")
             modes = [m for m, key in (("mean", "pooling_mode_mean_tokens"),
                                       ("cls", "pooling_mode_cls_token"),
                                       ("max", "pooling_mode_max_tokens")) if pooling.get(key)]
@@ -328,28 +383,34 @@ def _sentence_transformers_settings(directory: Path) -> dict | None:
 
 
 def load_hf(path: str | os.PathLike, task: str | None = None, *, rng: int | jax.Array = 0,
-            **config_overrides):
+            allow_nonfinite: bool = False, **config_overrides):
     """(model, params) from a transformers checkpoint directory. See `flaxbert.from_pretrained`."""
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} is not a directory (flaxbert reads local checkpoints "
                                 "only; nothing is downloaded)")
     hf_config = read_hf_config(directory)
-    family = family_for_hf_config(hf_config)
-    architectures = hf_config.get("architectures") or [family.hf.architecture("base")]
-    saved_task = family.hf.task_of(architectures[0])
-    if saved_task is None:
-        raise ValueError(f"config.json names architecture {architectures[0]!r}, which flaxbert's "
-                         f"{family.name} does not provide")
+    try:  # a bad value in the file is reported with the file; a bad override is not the file's
+        family = family_for_hf_config(hf_config)
+        architectures = hf_config.get("architectures") or [family.hf.architecture("base")]
+        if not isinstance(architectures, list) or not isinstance(architectures[0], str):
+            raise ValueError(f"architectures must be a list of class names, got {architectures!r}")
+        saved_task = family.hf.task_of(architectures[0])
+        if saved_task is None:
+            raise ValueError(f"architecture {architectures[0]!r} is not one flaxbert's "
+                             f"{family.name} provides")
+        config = config_from_hf(family, hf_config)
+    except ValueError as e:
+        raise ValueError(f"{directory / 'config.json'}: {e}") from None
     st_settings = _sentence_transformers_settings(directory)
     if saved_task == "base" and st_settings is not None:
         saved_task = "embedding"
     task = task or saved_task
     if task == "embedding" and st_settings:
         config_overrides = {**st_settings, **config_overrides}
-    model = family.model(task, config_from_hf(family, hf_config, **config_overrides))
+    model = family.model(task, config.replace(**config_overrides) if config_overrides else config)
     return model, params_from_tensors(model, CheckpointTensors(directory), saved_task,
-                                      str(directory), rng)
+                                      str(directory), rng, allow_nonfinite)
 
 
 class InMemoryTensors(dict):
@@ -360,10 +421,11 @@ class InMemoryTensors(dict):
 
 
 def params_from_tensors(model: nn.Module, tensors, saved_task: str, source: str,
-                        rng: int | jax.Array = 0) -> dict:
+                        rng: int | jax.Array = 0, allow_nonfinite: bool = False) -> dict:
     """Build `model`'s params from transformers-named tensors saved by a `saved_task` model.
 
-    Rules: the backbone must be complete. With the saved head, every tensor must be used and none
+    Rules: every tensor used must be floating point and finite (unless allow_nonfinite). The
+    backbone must be complete. With the saved head, every tensor must be used and none
     may be missing. With another head, tensors of other heads are dropped (logged) and the new
     head (and a pooler the checkpoint lacks) is initialised from `rng` (warned).
     """
@@ -379,7 +441,9 @@ def params_from_tensors(model: nn.Module, tensors, saved_task: str, source: str,
         if got != leaf.hf_shape:
             raise ValueError(f"tensor {leaf.hf_key!r} in {source} has shape {got}, "
                              f"but {family.name} config expects {leaf.hf_shape}")
-        flat[leaf.path] = jnp.asarray(leaf.to_flax(tensors[leaf.hf_key]), config.weights_dtype)
+        tensor = tensors[leaf.hf_key]
+        check_tensor(f"tensor {leaf.hf_key!r} in {source}", tensor, allow_nonfinite)
+        flat[leaf.path] = jnp.asarray(leaf.to_flax(tensor), config.weights_dtype)
         used.add(leaf.hf_key)
 
     def listing(keys):
@@ -413,8 +477,10 @@ def params_from_tensors(model: nn.Module, tensors, saved_task: str, source: str,
 
 # ----------------------------------------------------------------------------- flax -> HF
 
-def check_params(model: nn.Module, params: dict) -> None:
-    """Raise if `params` does not have exactly the parameters (and shapes) `model` needs."""
+def check_params(model: nn.Module, params: dict, allow_nonfinite: bool = False,
+                 source: str = "") -> None:
+    """Raise if `params` does not have exactly the parameters, shapes and dtype (the config's
+    param_dtype) `model` needs, or (unless allow_nonfinite) holds NaN/inf."""
     expected = dict(_flatten(abstract_params(model)))
     got = dict(_flatten(nn.meta.unbox(params)))
     missing = sorted("/".join(p) for p in expected.keys() - got.keys())
@@ -422,16 +488,23 @@ def check_params(model: nn.Module, params: dict) -> None:
     if missing or extra:
         raise ValueError(f"params do not match {type(model).__name__}: missing {missing[:10]}, "
                          f"unexpected {extra[:10]}")
+    want = np.dtype(model.config.weights_dtype)
     for path, value in got.items():
+        what = f"parameter {'/'.join(path)}" + (f" in {source}" if source else "")
         if tuple(np.shape(value)) != tuple(expected[path].shape):
-            raise ValueError(f"parameter {'/'.join(path)} has shape {np.shape(value)}, "
+            raise ValueError(f"{what} has shape {np.shape(value)}, "
                              f"expected {expected[path].shape}")
+        if np.dtype(value.dtype) != want:
+            raise ValueError(f"{what} has dtype {np.dtype(value.dtype).name}, but the config's "
+                             f"param_dtype is {want.name}")
+        check_tensor(what, value, allow_nonfinite)
 
 
-def hf_state_dict(model: nn.Module, params: dict) -> dict[str, np.ndarray]:
-    """transformers' tensor names -> numpy arrays for these params."""
+def hf_state_dict(model: nn.Module, params: dict,
+                  allow_nonfinite: bool = False) -> dict[str, np.ndarray]:
+    """transformers' tensor names -> numpy arrays for these params (checked by check_params)."""
     family = registry.family_of(model.config)
-    check_params(model, params)
+    check_params(model, params, allow_nonfinite)
     params = nn.meta.unbox(params)
     if model.config.scan_layers:
         params = unstack_layers(params)

@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 
 from flaxbert.convert.hf import (InMemoryTensors, abstract_params, check_params, hf_state_dict,
                                  params_from_tensors)
-from flaxbert.io import atomic_directory, copy_files
+from flaxbert.io import atomic_directory, copy_files, read_json
 from flaxbert.models import registry
 
 META = "flaxbert.json"
@@ -35,20 +35,39 @@ def save_native(path: str | os.PathLike, model: nn.Module, params: dict, *,
     return Path(path)
 
 
-def load_native(path: str | os.PathLike, task: str | None = None, **config_overrides):
+def _saved_model(meta_file: Path) -> nn.Module:
+    """The model flaxbert.json describes; a bad field raises one error naming the file."""
+    meta = read_json(meta_file)
+    try:
+        for key, kind in (("family", str), ("task", str), ("config", dict)):
+            if not isinstance(meta.get(key), kind):
+                raise ValueError(f"{key!r} must be a JSON {'object' if kind is dict else 'string'}"
+                                 f", got {meta.get(key)!r:.80}")
+        family = registry.family_by_name(meta["family"])
+        fields = dict(meta["config"])
+        if isinstance(fields.get("id2label"), list):
+            fields["id2label"] = tuple(fields["id2label"])
+        # replace() names unknown fields; the defaults it starts from are always valid.
+        return family.model(meta["task"], family.config_cls().replace(**fields))
+    except ValueError as e:
+        raise ValueError(f"{meta_file}: {e}") from None
+
+
+def load_native(path: str | os.PathLike, task: str | None = None, *,
+                allow_nonfinite: bool = False, **config_overrides):
+    """(model, params) from a flaxbert directory. See `flaxbert.from_pretrained`."""
     directory = Path(path).absolute()
-    meta = json.loads((directory / META).read_text())
-    family = registry.family_by_name(meta["family"])
-    fields = dict(meta["config"])
-    if fields.get("id2label") is not None:
-        fields["id2label"] = tuple(fields["id2label"])
-    saved = family.model(meta["task"], family.config_cls(**fields))
+    saved = _saved_model(directory / META)
     params = ocp.StandardCheckpointer().restore(
         directory / "params", jax.tree_util.tree_map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), abstract_params(saved)))
-    if (task is None or task == meta["task"]) and not config_overrides:
+    check_params(saved, params, allow_nonfinite, source=str(directory))
+    if (task is None or task == saved.task) and not config_overrides:
         return saved, params
-    # Another head or other settings: the same rules as loading a transformers checkpoint.
-    model = family.model(task or meta["task"], saved.config.replace(**config_overrides))
-    tensors = InMemoryTensors(hf_state_dict(saved, params))
-    return model, params_from_tensors(model, tensors, meta["task"], str(directory))
+    # Another head or other settings: the same rules as loading a transformers checkpoint (the
+    # tensors were checked above, once).
+    model = registry.family_of(saved.config).model(task or saved.task,
+                                                   saved.config.replace(**config_overrides))
+    tensors = InMemoryTensors(hf_state_dict(saved, params, allow_nonfinite=True))
+    return model, params_from_tensors(model, tensors, saved.task, str(directory),
+                                      allow_nonfinite=True)

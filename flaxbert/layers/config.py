@@ -8,6 +8,10 @@ fields too, so a variant is always `config.replace(...)`, never a code branch.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import types
+import typing
 from typing import Any
 
 import jax.numpy as jnp
@@ -16,6 +20,43 @@ ATTENTION_IMPLS = ("xla", "cudnn")
 POOLING = ("mean", "cls", "max")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "attention_out")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+# Bounds by field name, checked in every config class that has the field, so a family's own
+# fields (ALBERT's groups, DeBERTa's head size, ...) are covered by naming them here. Every field
+# with "dropout" in its name is a rate in [0, 1); every *_act / *_activation names an activation.
+_AT_LEAST_ONE = (">= 1", lambda v: v >= 1)
+_AT_LEAST_ZERO = (">= 0", lambda v: v >= 0)
+FIELD_RANGES = {
+    **dict.fromkeys(("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "num_labels", "embedding_size",
+                     "num_hidden_groups", "inner_group_num", "attention_head_size",
+                     "pooler_hidden_size", "conv_groups"), _AT_LEAST_ONE),
+    **dict.fromkeys(("type_vocab_size", "pad_token_id", "initializer_range", "conv_kernel_size",
+                     "mem_len", "reuse_len"), _AT_LEAST_ZERO),
+    "layer_norm_eps": ("> 0", lambda v: v > 0),
+}
+_RATE = ("in [0, 1)", lambda v: 0 <= v < 1)
+
+
+@functools.cache
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def accepts(hint, value) -> bool:
+    """Whether `value` has the annotated type: a bool is not an int, "12" is not a number, an int
+    is a float."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(accepts(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        return (isinstance(value, (int, float) if hint is float else int)
+                and not isinstance(value, bool))
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, tuple) and all(accepts(typing.get_args(hint)[0], v) for v in value)
+    return isinstance(value, hint)
 
 
 # Fields of ours that transformers' config.json does not carry.
@@ -57,6 +98,24 @@ class EncoderConfig:
             if not ok:
                 raise ValueError(f"{type(self).__name__}: {message}")
 
+        from flaxbert.layers.feed_forward import ACTIVATIONS  # it imports this module
+
+        hints = _field_types(type(self))
+        for field in dataclasses.fields(self):
+            name, value = field.name, getattr(self, field.name)
+            need(accepts(hints[name], value),
+                 f"{name}={value!r} must be {field.type}, got {type(value).__name__}")
+            if value is None:
+                continue
+            need(not isinstance(value, float) or math.isfinite(value),
+                 f"{name}={value!r} must be finite")
+            bound, ok = FIELD_RANGES.get(name) or (_RATE if "dropout" in name else ("", None))
+            need(ok is None or ok(value), f"{name}={value!r} must be {bound}")
+            need(not name.endswith(("_act", "_activation")) or not value or value in ACTIVATIONS,
+                 f"{name}={value!r} is not an activation flaxbert has; choose one of "
+                 f"{sorted(ACTIVATIONS)}")
+        need(self.pad_token_id < self.vocab_size,
+             f"pad_token_id={self.pad_token_id} must be < vocab_size={self.vocab_size}")
         need(self.hidden_size % self.num_attention_heads == 0,
              f"hidden_size={self.hidden_size} is not a multiple of "
              f"num_attention_heads={self.num_attention_heads}")
@@ -68,12 +127,9 @@ class EncoderConfig:
         need(self.param_dtype in DTYPES,
              f"param_dtype={self.param_dtype!r}; choose one of {tuple(DTYPES)}")
         need(self.pooling in POOLING, f"pooling={self.pooling!r}; choose one of {POOLING}")
-        need(self.num_labels >= 1, f"num_labels={self.num_labels} must be >= 1")
         need(self.id2label is None or len(self.id2label) == self.num_labels,
              f"id2label has {0 if self.id2label is None else len(self.id2label)} labels "
              f"but num_labels={self.num_labels}")
-        for name in ("num_hidden_layers", "vocab_size", "intermediate_size", "max_position_embeddings"):
-            need(getattr(self, name) > 0, f"{name}={getattr(self, name)} must be > 0")
 
     @property
     def embedding_width(self) -> int:

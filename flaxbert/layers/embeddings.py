@@ -43,6 +43,9 @@ def check_tokens(cfg: EncoderConfig, input_ids, attention_mask=None, token_type_
         raise ValueError(f"input_ids must have rank {rank} {layout}, got shape {shape}")
     if not jnp.issubdtype(jnp.result_type(input_ids), jnp.integer):
         raise TypeError(f"input_ids must be integers, got dtype {jnp.result_type(input_ids)}")
+    if shape[-1] == 0:
+        raise ValueError(f"input_ids has length 0 (shape {shape}); every sequence needs at least "
+                         "one token (a tokenizer adds [CLS] and [SEP] even to empty text)")
     if shape[-1] > cfg.max_sequence_length and position_ids is None:
         raise ValueError(f"sequence length {shape[-1]} exceeds the {cfg.max_sequence_length} "
                          f"positions this model has (max_position_embeddings="

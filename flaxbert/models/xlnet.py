@@ -70,9 +70,6 @@ class XLNetConfig(EncoderConfig):
         super().__post_init__()
         if self.attn_type not in ("bi", "uni"):
             raise ValueError(f"XLNetConfig: attn_type={self.attn_type!r}; choose 'bi' or 'uni'")
-        if self.mem_len is None or self.mem_len < 0 or (self.reuse_len or 0) < 0:
-            raise ValueError(f"XLNetConfig: mem_len={self.mem_len} must be >= 0 (0 keeps every "
-                             f"state) and reuse_len={self.reuse_len} >= 0 or None")
 
     @property
     def max_sequence_length(self) -> int:

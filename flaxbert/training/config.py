@@ -6,9 +6,12 @@ checks the type). `check_config` turns bad values into one clear error before an
 """
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
-from flaxbert.training.optim import OPTIMIZERS, SCHEDULES
+from flaxbert.models import registry
+from flaxbert.training import optim
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -33,18 +36,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.whole_word = False
     c.data.max_ngram = 1
 
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adamw"
-    c.optimizer.learning_rate = 1e-4
-    c.optimizer.warmup_steps = 0
-    c.optimizer.decay = "linear"
-    c.optimizer.end_learning_rate = 0.0
-    c.optimizer.power = 1.0
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.999
-    c.optimizer.eps = 1e-6
-    c.optimizer.weight_decay = 0.01
-    c.optimizer.clip_norm = 1.0
+    # name, learning_rate, warmup_steps, decay, end_learning_rate, power, b1, b2, eps,
+    # weight_decay, clip_norm (0: no clipping); see flaxbert.training.optim.
+    c.optimizer = ml_collections.ConfigDict(optim.DEFAULTS)
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 1000
@@ -53,7 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.seed = 0
     c.train.log_every = 10
     c.train.eval_every = 0  # 0: only at the end
-    c.train.eval_batches = 10
+    c.train.eval_batches = -1  # -1: whole validation split, in order; 0: none; N: N batches
     c.train.max_consecutive_nonfinite = 10  # skipped NaN/inf steps in a row before halting
     c.train.progress_bar = True
 
@@ -85,12 +79,42 @@ def tiny_run(c: ml_collections.ConfigDict, model: str, *, learning_rate: float =
     return c
 
 
-def check_config(c: ml_collections.ConfigDict) -> None:
-    """Raise ValueError naming the first bad field."""
+# Fields whose None is meaningful (every other field must have its default's type).
+NULLABLE = ("checkpoint.keep",)
+
+
+def _check_types(c, defaults, need, prefix="") -> None:
+    """ml_collections lets a bool stand for an int and a None for anything; refuse both."""
+    for key, default in defaults.items():
+        name, value = prefix + key, c.get(key, default)
+        if isinstance(default, ml_collections.ConfigDict):
+            _check_types(value, default, need, name + ".")
+            continue
+        if isinstance(default, (tuple, list)) or (value is None and name in NULLABLE):
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            ok = (isinstance(value, int if isinstance(default, int) else (int, float))
+                  and not isinstance(value, bool) and math.isfinite(value))
+        else:
+            ok = isinstance(value, type(default))
+        kind = "a finite float" if isinstance(default, float) else type(default).__name__
+        need(ok, f"{name}={value!r} must be {kind}, got {type(value).__name__}")
+
+
+def check_config(c: ml_collections.ConfigDict, source: str | None = None) -> None:
+    """Raise ValueError naming the first bad field, after `source` (the config file) if given:
+    "configs/bert_base.py: optimizer.b1=5.0 must be in [0, 1)"."""
+    from flaxbert.training.objectives import OBJECTIVES  # it imports the model stack
+
+    prefix = f"{source}: " if source else "config: "
+
     def need(ok, message):
         if not ok:
-            raise ValueError(f"config: {message}")
+            raise ValueError(prefix + message)
 
+    _check_types(c, default_config(), need)
     t, o, d = c.train, c.optimizer, c.data
     need(t.num_steps >= 1, f"train.num_steps={t.num_steps} must be >= 1")
     need(t.global_batch_size >= 1, f"train.global_batch_size={t.global_batch_size} must be >= 1")
@@ -101,20 +125,30 @@ def check_config(c: ml_collections.ConfigDict) -> None:
     need(t.eval_every >= 0, f"train.eval_every={t.eval_every} must be >= 0")
     need(t.max_consecutive_nonfinite >= 1,
          f"train.max_consecutive_nonfinite={t.max_consecutive_nonfinite} must be >= 1")
-    need(o.name in OPTIMIZERS, f"optimizer.name={o.name!r}; choose one of {OPTIMIZERS}")
-    need(o.decay in SCHEDULES, f"optimizer.decay={o.decay!r}; choose one of {SCHEDULES}")
-    need(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be > 0")
-    need(0 <= o.warmup_steps <= t.num_steps,
-         f"optimizer.warmup_steps={o.warmup_steps} must be in [0, train.num_steps={t.num_steps}]")
-    need(o.weight_decay >= 0, f"optimizer.weight_decay={o.weight_decay} must be >= 0")
+    need(t.seed >= 0, f"train.seed={t.seed} must be >= 0")
+    need(c.objective in OBJECTIVES,
+         f"objective={c.objective!r}; choose one of {sorted(OBJECTIVES)}")
     need(bool(d.train), "data.train is empty; give the directory `flaxbert prepare` wrote "
                         "(--config.data.train=DIR)")
     need(0 < d.mlm_probability < 1, f"data.mlm_probability={d.mlm_probability} must be in (0, 1)")
     need(d.max_predictions_per_seq >= 1,
          f"data.max_predictions_per_seq={d.max_predictions_per_seq} must be >= 1")
     need(d.max_ngram >= 1, f"data.max_ngram={d.max_ngram} must be >= 1")
+    need(d.seed >= 0, f"data.seed={d.seed} must be >= 0")
+    need(d.shuffle_buffer >= 0, f"data.shuffle_buffer={d.shuffle_buffer} must be >= 0")
     need(c.checkpoint.save_every >= 1,
          f"checkpoint.save_every={c.checkpoint.save_every} must be >= 1")
+    need(c.checkpoint.keep is None or c.checkpoint.keep >= 1,
+         f"checkpoint.keep={c.checkpoint.keep} must be >= 1 (or None to keep all)")
     for axis in ("data", "fsdp", "tensor"):
         size = c.mesh[axis]
         need(size == -1 or size >= 1, f"mesh.{axis}={size} must be >= 1 or -1")
+    try:
+        optim.check_optimizer(o, t.num_steps)
+        model = registry.get_config(c.model)
+    except ValueError as e:
+        raise ValueError(prefix + str(e)) from None
+    try:  # vocab_size (and the pad id) may still change to the data's; the rest is final here
+        model.replace(**(c.model_overrides.to_dict() if c.model_overrides else {}))
+    except ValueError as e:
+        raise ValueError(f"{prefix}model_overrides: {e}") from None

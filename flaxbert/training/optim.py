@@ -21,32 +21,55 @@ OPTIMIZERS = ("adamw", "lamb")
 # apply_if_finite's own limit: after this many consecutive non-finite steps it applies updates
 # anyway. The trainer halts long before (train.max_consecutive_nonfinite), so keep it out of reach.
 _NEVER = 2**30
+# The optimizer block of training.config.default_config, and what a key missing from `cfg` means.
+DEFAULTS = dict(name="adamw", learning_rate=1e-4, warmup_steps=0, decay="linear",
+                end_learning_rate=0.0, power=1.0, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
+                clip_norm=1.0)
 
 
-def _get(cfg: Mapping[str, Any], name: str, default):
+def _get(cfg: Mapping[str, Any], name: str):
+    default = DEFAULTS[name]
     return cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
+
+
+def check_optimizer(cfg: Mapping[str, Any], total_steps: int) -> None:
+    """Raise ValueError naming the first bad optimizer value. The one place these rules live:
+    `check_config` runs them before a run starts, `make_optimizer` for direct callers."""
+    def need(ok, message):
+        if not ok:
+            raise ValueError(f"optimizer.{message}")
+
+    name, decay, peak, end = (_get(cfg, k) for k in ("name", "decay", "learning_rate",
+                                                      "end_learning_rate"))
+    need(name in OPTIMIZERS, f"name={name!r}; choose one of {OPTIMIZERS}")
+    need(decay in SCHEDULES, f"decay={decay!r}; choose one of {SCHEDULES}")
+    need(peak > 0, f"learning_rate={peak} must be > 0")
+    need(0 <= _get(cfg, "warmup_steps") <= total_steps,
+         f"warmup_steps={_get(cfg, 'warmup_steps')} must be in [0, train.num_steps={total_steps}]")
+    need(0 <= end <= peak, f"end_learning_rate={end} must be in [0, learning_rate={peak}]")
+    need(_get(cfg, "power") > 0, f"power={_get(cfg, 'power')} must be > 0")
+    for beta in ("b1", "b2"):
+        need(0 <= _get(cfg, beta) < 1, f"{beta}={_get(cfg, beta)} must be in [0, 1)")
+    need(_get(cfg, "eps") > 0, f"eps={_get(cfg, 'eps')} must be > 0")
+    need(_get(cfg, "weight_decay") >= 0, f"weight_decay={_get(cfg, 'weight_decay')} must be >= 0")
+    need(_get(cfg, "clip_norm") >= 0,
+         f"clip_norm={_get(cfg, 'clip_norm')} must be >= 0 (0 turns clipping off)")
 
 
 def learning_rate_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
     """Warmup then decay; `cfg` is the config's optimizer block."""
-    peak = float(_get(cfg, "learning_rate", 1e-4))
-    warmup = int(_get(cfg, "warmup_steps", 0))
-    end = float(_get(cfg, "end_learning_rate", 0.0))
-    decay = _get(cfg, "decay", "linear")
-    if decay not in SCHEDULES:
-        raise ValueError(f"optimizer.decay={decay!r}; choose one of {SCHEDULES}")
-    if peak <= 0:
-        raise ValueError(f"optimizer.learning_rate={peak} must be > 0")
-    if not 0 <= warmup <= total_steps:
-        raise ValueError(f"optimizer.warmup_steps={warmup} must be in [0, train.num_steps="
-                         f"{total_steps}]")
+    check_optimizer(cfg, total_steps)
+    peak = float(_get(cfg, "learning_rate"))
+    warmup = int(_get(cfg, "warmup_steps"))
+    end = float(_get(cfg, "end_learning_rate"))
+    decay = _get(cfg, "decay")
     decay_steps = max(total_steps - warmup, 1)
     if decay == "constant":
         after = optax.constant_schedule(peak)
     elif decay == "cosine":
         after = optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak)
     else:
-        power = 1.0 if decay == "linear" else float(_get(cfg, "power", 1.0))
+        power = 1.0 if decay == "linear" else float(_get(cfg, "power"))
         after = optax.polynomial_schedule(peak, end, power, decay_steps)
     if warmup == 0:
         return after
@@ -66,15 +89,12 @@ def decay_mask(params) -> Any:
 def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> tuple[optax.GradientTransformation,
                                                                       optax.Schedule]:
     """(clip -> AdamW | LAMB with masked decay, wrapped in apply_if_finite), and its schedule."""
-    name = _get(cfg, "name", "adamw")
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer.name={name!r}; choose one of {OPTIMIZERS}")
-    schedule = learning_rate_schedule(cfg, total_steps)
-    kwargs = dict(b1=float(_get(cfg, "b1", 0.9)), b2=float(_get(cfg, "b2", 0.999)),
-                  eps=float(_get(cfg, "eps", 1e-6)),
-                  weight_decay=float(_get(cfg, "weight_decay", 0.01)), mask=decay_mask)
+    schedule = learning_rate_schedule(cfg, total_steps)  # checks every optimizer value
+    kwargs = dict(b1=float(_get(cfg, "b1")), b2=float(_get(cfg, "b2")), eps=float(_get(cfg, "eps")),
+                  weight_decay=float(_get(cfg, "weight_decay")), mask=decay_mask)
+    name = _get(cfg, "name")
     update = optax.adamw(schedule, **kwargs) if name == "adamw" else optax.lamb(schedule, **kwargs)
-    clip = _get(cfg, "clip_norm", 1.0)
+    clip = _get(cfg, "clip_norm")
     chain = [optax.clip_by_global_norm(float(clip))] if clip else []
     return optax.apply_if_finite(optax.chain(*chain, update), _NEVER), schedule
 
