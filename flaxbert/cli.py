@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 # Files a checkpoint directory may carry for its tokenizer; `convert` copies them along.
@@ -14,7 +15,9 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
 
 def _convert(args) -> None:
     import flaxbert
+    from flaxbert.io import check_destination
     from flaxbert.models import registry
+    check_destination(args.dst, args.overwrite)  # before loading: refuse early, not after
     model, params = flaxbert.from_pretrained(args.src, task=args.task)
     extra = [Path(args.src) / name for name in TOKENIZER_FILES if (Path(args.src) / name).is_file()]
     flaxbert.save_pretrained(args.dst, model, params, format=args.to, overwrite=args.overwrite,
@@ -40,7 +43,8 @@ def _models(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flaxbert", description="The BERT family in JAX/Flax: models, conversion, training.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log at INFO level, and show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     convert = commands.add_parser(
@@ -75,14 +79,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _expected_errors() -> tuple[type, ...]:
+    """What bad input, a bad file or a full disk raise: reported in one line, not as a bug."""
+    from safetensors import SafetensorError
+    return (OSError, ValueError, TypeError, KeyError, ImportError, SafetensorError)
+
+
+def error_line(error: BaseException) -> str:
+    """`error` as one line naming its file: "PATH: reason" for an OSError from the system."""
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        text = f"{error.filename}: {error.strerror}"
+        if error.filename2 is not None:
+            text += f" (and {error.filename2})"
+    elif isinstance(error, KeyError) and len(error.args) == 1:
+        key = error.args[0]  # str(KeyError) is the repr of its key, which says little alone
+        text = key if isinstance(key, str) and " " in key else f"missing key {key!r}"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as e:
-        print(f"flaxbert {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"flaxbert {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except _expected_errors() as e:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"flaxbert {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
     return 0
 

@@ -174,10 +174,11 @@ class InferenceEngine:
 # ---- the `flaxbert embed` command -----------------------------------------------------------
 
 def _embed_command(args) -> None:
+    from flaxbert.io import atomic_file, read_text
     path = Path(args.input)
     if not path.is_file():
         raise FileNotFoundError(f"--input {path} is not a file")
-    texts = path.read_text(encoding="utf-8").splitlines()
+    texts = read_text(path).splitlines()
     kwargs = dict(batch_size=args.batch_size, normalize=args.normalize)
     if args.max_length is not None:
         kwargs["max_length"] = args.max_length
@@ -187,11 +188,14 @@ def _embed_command(args) -> None:
         except ValueError:
             raise ValueError(f"--buckets must be comma-separated ints, got {args.buckets!r}") \
                 from None
-    engine = InferenceEngine.from_pretrained(args.model_dir, **kwargs)
-    start = time.perf_counter()
-    vectors = engine.embed(texts)
-    seconds = time.perf_counter() - start
-    np.save(args.output, vectors)
+    # Entered first, so an existing --output is refused before the model is even loaded.
+    with atomic_file(args.output, args.overwrite) as tmp:
+        engine = InferenceEngine.from_pretrained(args.model_dir, **kwargs)
+        start = time.perf_counter()
+        vectors = engine.embed(texts)
+        seconds = time.perf_counter() - start
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to the name
+            np.save(f, vectors)
     print(f"wrote {vectors.shape[0]} embeddings of size {vectors.shape[1]} to {args.output} "
           f"({seconds:.1f} s, {len(texts) / max(seconds, 1e-9):.1f} texts/s, "
           f"{engine.compilations['embed']} compilation(s) for buckets {engine.buckets})")
@@ -206,7 +210,9 @@ def add_embed_parser(subparsers) -> argparse.ArgumentParser:
                     "and save a float32 (lines, hidden) array to --output (.npy).")
     parser.add_argument("model_dir", help="checkpoint directory with tokenizer files")
     parser.add_argument("--input", required=True, help="UTF-8 text file, one text a line")
-    parser.add_argument("--output", required=True, help="where to write the .npy array")
+    parser.add_argument("--output", required=True,
+                        help="where to write the .npy array (must not exist unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     parser.add_argument("--batch-size", type=int, default=64, help="texts a batch (default 64)")
     parser.add_argument("--max-length", type=int, default=None,
                         help="truncate to this many tokens (default: the model's limit, or "

@@ -21,6 +21,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import threading
 from collections.abc import Sequence
 
@@ -625,7 +626,11 @@ class Tokenizer:
     def tokenize(self, text: str) -> list[str]:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        return self._tok.encode(text, add_special_tokens=False).tokens
+        try:
+            return self._tok.encode(text, add_special_tokens=False).tokens
+        except TypeError:
+            _refuse_surrogates("text", [text], single=True)
+            raise
 
     def decode(self, ids, skip_special_tokens=True) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
@@ -690,6 +695,9 @@ class Tokenizer:
         except Exception as e:
             if type(e) is Exception:  # how the Rust side reports e.g. truncation errors
                 raise ValueError(f"tokenization failed: {e}") from e
+            if isinstance(e, TypeError):
+                _refuse_surrogates("text", texts, single)
+                _refuse_surrogates("text_pair", pairs or [], single)
             raise
 
         # Padding is done here rather than in Rust: fetching only the real tokens from the
@@ -797,6 +805,21 @@ def _copy_tokenizer(tok):
         copy.model = Unigram([tuple(v) for v in model["vocab"]], unk_id=model["unk_id"],
                              byte_fallback=model.get("byte_fallback", False))
     return copy
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_surrogates(name, texts, single):
+    """Raise a ValueError at the first lone surrogate (text that is not Unicode, e.g. decoded
+    with errors="surrogateescape"); tokenizers' own error for one is a TypeError saying the
+    input "must be str", which it is."""
+    for i, text in enumerate(texts):
+        found = _SURROGATE.search(text)
+        if found:
+            raise ValueError(f"{name if single else f'{name}[{i}]'} holds a lone surrogate "
+                             f"{found.group()!r} at position {found.start()}, which is not valid "
+                             f"Unicode; fix or re-decode the text") from None
 
 
 def _as_str_list(x, name):

@@ -23,13 +23,14 @@ import argparse
 import io
 import json
 import os
-import tempfile
+import shutil
 
 import sentencepiece as spm
 import tokenizers
 from tokenizers import Regex, normalizers, pre_tokenizers, trainers
 from tokenizers.models import BPE, WordPiece
 
+from flaxbert.io import atomic_directory
 from flaxbert.tokenizer import Tokenizer
 
 TRAIN_KINDS = ("wordpiece", "bpe", "sentencepiece")
@@ -94,12 +95,11 @@ def train_tokenizer(files, output_dir, kind, vocab_size, *, style=None, lowercas
     if character_coverage is not None and not 0 < character_coverage <= 1:
         raise ValueError(f"character_coverage must be in (0, 1], got {character_coverage!r}")
     files = _check_files(files)
-    dest = os.path.abspath(os.fspath(output_dir))
-    if os.path.exists(dest) and not (os.path.isdir(dest) and not os.listdir(dest)) and not overwrite:
-        # Checked before training too, so a long run is not wasted; save_pretrained re-checks.
-        raise FileExistsError(f"{dest} already exists and is not empty; pass overwrite=True")
-
-    with tempfile.TemporaryDirectory(prefix="flaxbert-train-tokenizer-") as staging:
+    # Trained inside the destination's temporary, so nothing is left elsewhere, and an
+    # existing destination is refused before training, not after.
+    with atomic_directory(output_dir, overwrite) as tmp:
+        staging = os.path.join(tmp, "trainer-output")
+        os.mkdir(staging)
         if kind == "wordpiece":
             _train_wordpiece(files, staging, vocab_size, lowercase, min_frequency)
         elif kind == "bpe":
@@ -107,8 +107,9 @@ def train_tokenizer(files, output_dir, kind, vocab_size, *, style=None, lowercas
         else:
             _train_sentencepiece(files, staging, style, vocab_size, lowercase, character_coverage)
         tok = Tokenizer.from_pretrained(staging)
-        tok.save_pretrained(dest, overwrite=overwrite)
-    return Tokenizer.from_pretrained(dest)
+        shutil.rmtree(staging)
+        tok.save_pretrained(tmp)
+    return Tokenizer.from_pretrained(output_dir)
 
 
 def _n_special(kind, style):

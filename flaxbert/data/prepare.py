@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flaxbert.io import atomic_directory
+from flaxbert.io import atomic_directory, read_json
 from flaxbert.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
@@ -547,8 +547,7 @@ def read_manifest(data_dirs) -> dict:
         if not path.is_file():
             raise FileNotFoundError(f"{d!r} has no {MANIFEST}: not a directory written by "
                                     f"`flaxbert prepare`")
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
+        manifest = read_json(path)
         if manifest.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path} has format version {manifest.get('format_version')!r}; "
                              f"this flaxbert reads version {FORMAT_VERSION}")

@@ -2,7 +2,7 @@
 
     flaxbert pretrain --config configs/bert_base.py:phase1 --workdir gs://.../run \
         --config.train.num_steps=1000 --config.data.train=data/wiki
-    flaxbert export --workdir RUN [--step N] --output DIR
+    flaxbert export --workdir RUN [--step N] --output DIR [--overwrite]
 
 `--config` takes an ml_collections config file (optionally `file.py:argument`) and any field can be
 overridden with `--config.<field>=<value>`; ml_collections parses these and checks their types.
@@ -11,32 +11,110 @@ Rerunning `pretrain` with the same workdir resumes from its latest good checkpoi
 from __future__ import annotations
 
 import argparse
+import re
+import traceback
+from pathlib import Path
+
+
+def _load_config(spec: str):
+    """get_config() of a config file, `file.py[:argument]`; whatever goes wrong in the file
+    (missing, a syntax error, get_config raising) is one ValueError naming it and the line."""
+    import importlib.util
+
+    import ml_collections
+    path, *arg = spec.split(":", 1)  # as ml_collections' config_flags splits it
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    try:
+        module_spec = importlib.util.spec_from_file_location("flaxbert_run_config", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ValueError(f"config file {path} line {e.lineno}: {e.msg}") from e
+    except Exception as e:  # the file is the user's code: any error in it is bad input
+        raise ValueError(f"config file {path}{_line_in(e, path)}: {type(e).__name__}: {e}") from e
+    if not callable(getattr(module, "get_config", None)):
+        raise ValueError(f"config file {path} defines no get_config()")
+    try:
+        config = module.get_config(*arg)
+    except Exception as e:
+        raise ValueError(f"config file {path}{_line_in(e, path)}: get_config raised "
+                         f"{type(e).__name__}: {e}") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"config file {path}: get_config({', '.join(map(repr, arg))}) returned "
+                         f"{type(config).__name__}, not an ml_collections.ConfigDict")
+    return path, config
+
+
+def _line_in(error: BaseException, path: str) -> str:
+    """" line N": the last line of `path` that `error`'s traceback went through."""
+    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+             if Path(f.filename).resolve() == Path(path).resolve()]
+    return f" line {lines[-1]}" if lines else ""
+
+
+def _field_names(config, prefix="") -> list[str]:
+    import ml_collections
+    names = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            names += _field_names(value, f"{prefix}{key}.")
+        else:
+            names.append(f"{prefix}{key}")
+    return names
+
+
+def _check_overrides(argv, config, path) -> None:
+    """Refuse a `--config.<field>` naming no field, with the closest one (ml_collections'
+    own error is a chain of three tracebacks)."""
+    import difflib
+    fields = _field_names(config)
+    for arg in argv:
+        match = re.match(r"-{1,2}(?:no)?config\.([^=\[]+)", arg)
+        if match and match.group(1) not in fields:
+            name = match.group(1)
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"--config.{name}: {path} has no field {name!r}{hint}")
 
 
 def _parse_pretrain_flags(argv: list[str]):
     from absl import flags
     from ml_collections import config_flags
 
+    spec, kept = None, []
+    args = iter(argv)
+    for arg in args:
+        if re.fullmatch(r"-{1,2}config", arg):
+            spec = next(args, "")
+        elif re.fullmatch(r"-{1,2}config=.*", arg):
+            spec = arg.split("=", 1)[1]
+        else:
+            kept.append(arg)
+    if not spec:
+        raise ValueError("--config is required, e.g. --config configs/bert_base.py:tiny")
+    path, config = _load_config(spec)
+    _check_overrides(kept, config, path)
+    # absl sees only the overrides, which ml_collections parses and type-checks against the
+    # config loaded above.
+    rest_argv = ["flaxbert pretrain", *kept]
     fv = flags.FlagValues()
-    config = config_flags.DEFINE_config_file(
-        "config", None, "experiment config file (configs/*.py), optionally file.py:argument",
-        flag_values=fv, sys_argv=["flaxbert pretrain", *argv])
+    holder = config_flags.DEFINE_config_dict("config", config, "the experiment config",
+                                             flag_values=fv, sys_argv=rest_argv)
     workdir = flags.DEFINE_string("workdir", None, "checkpoints, metrics and exports go here",
                                   flag_values=fv)
     multihost = flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() first "
                                   "(every host of a TPU pod slice runs the same command)",
                                   flag_values=fv)
     try:
-        rest = fv(["flaxbert pretrain", *argv])
+        rest = fv(rest_argv)
     except flags.Error as e:
         raise ValueError(str(e)) from None
     if len(rest) > 1:
         raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
-    if fv["config"].value is None:
-        raise ValueError("--config is required, e.g. --config configs/bert_tiny.py")
     if not workdir.value:
         raise ValueError("--workdir is required")
-    return config.value, workdir.value, multihost.value
+    return path, holder.value, workdir.value, multihost.value
 
 
 def _pretrain(args) -> None:
@@ -46,7 +124,9 @@ def _pretrain(args) -> None:
     if not args.flags or args.flags[0] in ("-h", "--help"):
         print(__doc__)
         return
-    config, workdir, multihost = _parse_pretrain_flags(args.flags)
+    from flaxbert.training.config import check_config
+    source, config, workdir, multihost = _parse_pretrain_flags(args.flags)
+    check_config(config, source=source)
     logging.getLogger("absl").setLevel(logging.WARNING)
     if multihost:
         import jax
@@ -63,9 +143,11 @@ def _pretrain(args) -> None:
 
 
 def _export(args) -> None:
+    from flaxbert.io import check_destination
     from flaxbert.training.trainer import restore_params
+    check_destination(args.output, args.overwrite)  # before restoring: refuse early
     trainer, step, params = restore_params(args.workdir, args.step)
-    for path in trainer.export(params, args.output):
+    for path in trainer.export(params, args.output, overwrite=args.overwrite):
         print(f"wrote transformers directory {path} (step {step})")
 
 
@@ -82,5 +164,7 @@ def add_training_parsers(commands) -> None:
         "export", help="write a pretrain workdir's checkpoint as transformers directories")
     export.add_argument("--workdir", required=True, help="a `flaxbert pretrain` workdir")
     export.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
-    export.add_argument("--output", required=True, help="destination directory")
+    export.add_argument("--output", required=True,
+                        help="destination directory (must not exist unless --overwrite)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     export.set_defaults(run=_export)
