@@ -2,6 +2,8 @@
 
     model, params = flaxbert.from_pretrained("path/to/hf-checkpoint")
     out = model.apply({"params": params}, **tokenizer(["hello world"], padding=True))
+    classify = flaxbert.pipeline("text-classification", "path/to/fine-tuned")
+    metrics = flaxbert.finetune(flaxbert.finetune_config(model=...), "runs/task")
 """
 from __future__ import annotations
 
@@ -40,9 +42,13 @@ def count_params(model_or_params) -> int:
         nn.meta.unbox(model_or_params))))
 
 
+_LAZY = {  # name -> module: these pull in tokenizers, optax, orbax; loaded on first use
+    "Tokenizer": "flaxbert.tokenizer", "pipeline": "flaxbert.pipelines",
+    "finetune": "flaxbert.training.finetune", "finetune_config": "flaxbert.training.finetune"}
+
+
 def __getattr__(name):
-    # The tokenizer pulls in `tokenizers`; load it on first use.
-    if name == "Tokenizer":
-        from flaxbert.tokenizer import Tokenizer
-        return Tokenizer
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'flaxbert' has no attribute {name!r}")

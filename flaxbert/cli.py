@@ -7,10 +7,8 @@ import sys
 import traceback
 from pathlib import Path
 
-# Files a checkpoint directory may carry for its tokenizer; `convert` copies them along.
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
-                   "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
-                   "spm.model", "spiece.model", "sentencepiece.bpe.model")
+from flaxbert.tokenizer import TOKENIZER_FILES
+
 
 
 def _convert(args) -> None:

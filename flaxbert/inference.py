@@ -17,6 +17,7 @@ import collections
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -47,12 +48,14 @@ class InferenceEngine:
     `compilations` counts traces of each jitted function ("embed", "encode").
     """
 
+    tasks: ClassVar[tuple[str, ...]] = HIDDEN_STATE_TASKS  # heads a subclass can run
+
     def __init__(self, model, params, tokenizer, *, buckets: Sequence[int] = DEFAULT_BUCKETS,
                  batch_size: int = 64, max_length: int | None = None, pooling: str | None = None,
                  normalize: bool | None = None, window: int = 8192):
-        if getattr(model, "task", None) not in HIDDEN_STATE_TASKS:
-            raise ValueError(f"InferenceEngine needs a model whose output has last_hidden_state "
-                             f"(task in {HIDDEN_STATE_TASKS}), got task "
+        if getattr(model, "task", None) not in self.tasks:
+            raise ValueError(f"{type(self).__name__} needs a model whose output has "
+                             f"last_hidden_state (task in {self.tasks}), got task "
                              f"{getattr(model, 'task', None)!r}; load with task='embedding'")
         config = model.config
         self.batch_size = _positive_int("batch_size", batch_size)
@@ -112,10 +115,20 @@ class InferenceEngine:
         """The shortest bucket that holds `length` tokens (texts are truncated to max_length)."""
         return next(b for b in self.buckets if b >= min(length, self.max_length))
 
-    def _batches(self, texts: Sequence[str]) -> Iterator[tuple[np.ndarray, dict]]:
+    def _tokenize(self, texts: Sequence[str]) -> dict:
+        """{"input_ids": [...], "token_type_ids": [...]} lists per text; subclasses that encode
+        their own inputs (pairs, offsets) return their rows here."""
+        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                              return_tensors=None)
+
+    def _check_inputs(self, texts: list) -> None:
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+
+    def _batches(self, texts: Sequence) -> Iterator[tuple[np.ndarray, dict]]:
         """(indices into texts, padded arrays) per batch, each batch one bucket."""
-        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
-                             return_tensors=None)
+        enc = self._tokenize(texts)
         lengths = np.array([len(ids) for ids in enc["input_ids"]])
         buckets = np.array([self.bucket_for(n) for n in lengths])
         order = np.lexsort((lengths, buckets))  # by bucket, then by length
@@ -143,9 +156,7 @@ class InferenceEngine:
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings, not one string")
         texts = list(texts)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+        self._check_inputs(texts)
         for offset in range(0, len(texts), self.window):
             window = texts[offset:offset + self.window]
             pending = [(rows, arrays["mask"], forward(self.params, arrays["ids"], arrays["mask"],

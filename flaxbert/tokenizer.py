@@ -45,6 +45,12 @@ _PADDINGS = {True: "longest", "longest": "longest", "max_length": "max_length"}
 _MAX_CACHED_CONFIGS = 8
 
 
+# Files a checkpoint directory may carry for its tokenizer (what `convert` and exports copy).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
+                   "spm.model", "spiece.model", "sentencepiece.bpe.model")
+
+
 class Encoding(dict):
     """The tokenizer's output: a dict that also allows `enc.input_ids`."""
 

@@ -266,6 +266,8 @@ def test_kill_and_preemption_resume_give_the_uninterrupted_losses(corpus, tmp_pa
     assert [s for s, _ in seen] == list(range(1, steps + 1))
     for step, loss in seen:
         assert loss == pytest.approx(reference[step], abs=1e-6), step
+    # Nothing the killed run was writing is left behind.
+    assert [p for p in broken.rglob("*") if "tmp" in p.name] == []
 
 
 def test_damaged_checkpoint_falls_back_to_the_previous_one(corpus, tmp_path, caplog, capsys):
@@ -398,3 +400,34 @@ def test_a_forced_save_right_after_an_async_save_of_the_same_step_is_a_no_op(tmp
     assert ckpt.save(4, state, {"next_batch": 4}, force=True)
     ckpt.close()
     assert Checkpoints(tmp_path, save_every=3, keep=2).steps() == [3, 4]
+
+
+def test_export_killed_anywhere_leaves_nothing_half_written(corpus, tmp_path):
+    """kill -9 at random moments of `flaxbert export`: the output is absent or complete and
+    loadable after each, and the next run leaves no temporary behind."""
+    import flaxbert
+    from flaxbert.training.trainer import Trainer
+    c = _config("bert_base.py:tiny", _prepared(corpus, "nsp"),
+                **{"train.num_steps": 1, "optimizer.warmup_steps": 0, "train.eval_batches": 0,
+                   "train.global_batch_size": 8})
+    Trainer(c, tmp_path / "run").run()
+    out = tmp_path / "export"
+    command = [sys.executable, "-m", "flaxbert", "export", "--workdir", str(tmp_path / "run"),
+               "--output", str(out)]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    started = time.perf_counter()
+    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    duration = time.perf_counter() - started
+    shutil.rmtree(out)
+    for delay in sorted(np.random.RandomState(0).uniform(0.5 * duration, duration, 2)):
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        if out.exists():
+            flaxbert.from_pretrained(out, task="pretraining")
+            shutil.rmtree(out)
+    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    flaxbert.from_pretrained(out, task="pretraining")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".export.")] == []

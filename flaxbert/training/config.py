@@ -7,6 +7,7 @@ checks the type). `check_config` turns bad values into one clear error before an
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import ml_collections
 
@@ -114,7 +115,10 @@ def check_config(c: ml_collections.ConfigDict, source: str | None = None) -> Non
         if not ok:
             raise ValueError(prefix + message)
 
-    _check_types(c, default_config(), need)
+    task = "task" in c  # a fine-tuning config (flaxbert.training.finetune.finetune_config)
+    if task:
+        from flaxbert.training.finetune import finetune_config
+    _check_types(c, finetune_config() if task else default_config(), need)
     t, o, d = c.train, c.optimizer, c.data
     need(t.num_steps >= 1, f"train.num_steps={t.num_steps} must be >= 1")
     need(t.global_batch_size >= 1, f"train.global_batch_size={t.global_batch_size} must be >= 1")
@@ -128,8 +132,21 @@ def check_config(c: ml_collections.ConfigDict, source: str | None = None) -> Non
     need(t.seed >= 0, f"train.seed={t.seed} must be >= 0")
     need(c.objective in OBJECTIVES,
          f"objective={c.objective!r}; choose one of {sorted(OBJECTIVES)}")
-    need(bool(d.train), "data.train is empty; give the directory `flaxbert prepare` wrote "
-                        "(--config.data.train=DIR)")
+    need(bool(d.train), "data.train is empty; give the task's training file "
+                        "(--config.data.train=FILE)" if task else "data.train is empty; give "
+                        "the directory `flaxbert prepare` wrote (--config.data.train=DIR)")
+    if task:
+        need(bool(c.model), "model is empty; give the checkpoint directory to fine-tune "
+                            "(--config.model=DIR) or a registered name")
+        need(c.task.max_seq_length >= 1,
+             f"task.max_seq_length={c.task.max_seq_length} must be >= 1")
+        need(c.task.overflow in ("truncate", "error"),
+             f"task.overflow={c.task.overflow!r}; choose 'truncate' or 'error'")
+        need(c.train.num_epochs >= 0, f"train.num_epochs={c.train.num_epochs} must be >= 0")
+        need(c.train.best_mode in ("max", "min"),
+             f"train.best_mode={c.train.best_mode!r}; choose 'max' or 'min'")
+        need(c.train.early_stopping_patience >= 0, "train.early_stopping_patience="
+             f"{c.train.early_stopping_patience} must be >= 0")
     need(0 < d.mlm_probability < 1, f"data.mlm_probability={d.mlm_probability} must be in (0, 1)")
     need(d.max_predictions_per_seq >= 1,
          f"data.max_predictions_per_seq={d.max_predictions_per_seq} must be >= 1")
@@ -145,6 +162,8 @@ def check_config(c: ml_collections.ConfigDict, source: str | None = None) -> Non
         need(size == -1 or size >= 1, f"mesh.{axis}={size} must be >= 1 or -1")
     try:
         optim.check_optimizer(o, t.num_steps)
+        if task and Path(c.model).is_dir():
+            return  # its config.json is checked when it loads, naming the file
         model = registry.get_config(c.model)
     except ValueError as e:
         raise ValueError(prefix + str(e)) from None

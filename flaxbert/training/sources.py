@@ -12,6 +12,7 @@ workdir so a later export needs nothing else.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,10 @@ class TaskData:
             else list(self.label_map.names)
         self._model_config, self.initial_params = self._model()
         self.train_features = self._features(train)
+        epochs = config.train.get("num_epochs", 0)
+        if epochs:  # the schedule is built after the data, from this
+            config.train.num_steps = max(1, math.ceil(
+                epochs * len(self.train_features) / config.train.global_batch_size))
         self.eval_sets = []
         for i, spec in enumerate(s.strip() for s in str(config.data.validation).split(",")):
             if spec:

@@ -13,7 +13,6 @@ checkpoint at the next step boundary and exits cleanly; rerunning resumes from i
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import time
@@ -29,10 +28,11 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from flaxbert.io import atomic_directory, read_json
+from flaxbert.io import atomic_directory, atomic_file, read_json
 from flaxbert.layers.sharding import LOGICAL_AXIS_RULES, logical_shardings, make_mesh
 from flaxbert.training.checkpoint import Checkpoints
 from flaxbert.training.config import check_config
+from flaxbert.tokenizer import TOKENIZER_FILES
 from flaxbert.training.optim import make_optimizer, nonfinite_counts
 from flaxbert.training.sources import data_source
 from flaxbert.training.workdir import (WorkdirLock, load_data_description, save_data_description,
@@ -285,6 +285,7 @@ class Trainer:
                 trim_metrics(self.workdir, start)  # the steps after it are run again
             print(f"resumed from checkpoint at step {start}", flush=True)
         batches = self.batches(data_state if restored is not None else None)
+        self.progress = dict(data_state.get("progress") or {})
 
         stop = {"signal": None}
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum)) \
@@ -293,9 +294,11 @@ class Trainer:
                               progress_total=cfg.train.num_steps, progress_start=start,
                               progress_bar=cfg.train.progress_bar)
         last, window, t0, untimed = {}, [], time.perf_counter(), 0
-        step = start
+        step, evaluated = start, False
+        # A run that stopped early is finished: rerunning it trains no further.
+        end = start if self.progress.get("stopped_early_at") else cfg.train.num_steps
         try:
-            for step in range(start, cfg.train.num_steps):
+            for step in range(start, end):
                 state, metrics = self.train_step(state, next(batches))
                 done = step + 1
                 window.append(metrics)
@@ -316,23 +319,35 @@ class Trainer:
                             f"gradients (limit train.max_consecutive_nonfinite="
                             f"{cfg.train.max_consecutive_nonfinite}); stopping at step {done}")
                     window, t0, untimed = [], time.perf_counter(), 0
-                ckpt.save(done, state, batches.state())
-                if cfg.train.eval_every and done % cfg.train.eval_every == 0:
-                    writer.write(done, self.evaluate(state.params) or {})
+                evaluated = bool(cfg.train.eval_every and done % cfg.train.eval_every == 0)
+                if evaluated:  # before the save, so the checkpoint knows the best so far
+                    evaluation = self.evaluate(state.params) or {}
+                    writer.write(done, evaluation)
+                    last.update(evaluation)
+                    self._track_best(done, evaluation, state.params)
+                ckpt.save(done, state, self._data_state(batches))
+                if self.progress.get("stopped_early_at"):
+                    writer.note(f"early stopping at step {done}: {cfg.train.best_metric} has not "
+                                f"improved for {cfg.train.early_stopping_patience} evaluations "
+                                f"(best {self.progress['best_value']:.4g} at step "
+                                f"{self.progress['best_step']})")
+                    break
                 if stop["signal"] is not None or ckpt.manager.reached_preemption(done):
-                    ckpt.save(done, state, batches.state(), force=True)
+                    ckpt.save(done, state, self._data_state(batches), force=True)
                     ckpt.wait()
                     print(f"stopped by signal at step {done}; checkpoint saved, rerun to resume",
                           flush=True)
                     self.stopped_early = True
                     return last
-            done = cfg.train.num_steps
-            ckpt.save(done, state, batches.state(), force=True)  # no-op if just saved
-            just_evaluated = cfg.train.eval_every and done % cfg.train.eval_every == 0
-            evaluation = None if just_evaluated else self.evaluate(state.params)
-            if evaluation:
-                writer.write(done, evaluation)
-                last.update(evaluation)
+            else:
+                done, evaluated = end, start == end or evaluated  # a rerun of a finished run
+            if not evaluated:
+                evaluation = self.evaluate(state.params)
+                if evaluation:
+                    writer.write(done, evaluation)
+                    last.update(evaluation)
+                    self._track_best(done, evaluation, state.params)
+            ckpt.save(done, state, self._data_state(batches), force=True)  # no-op if just saved
             ckpt.wait()
             if cfg.export.at_end and jax.process_index() == 0:
                 self.export(state.params, self.workdir / "export" / f"step_{done}",
@@ -344,13 +359,37 @@ class Trainer:
                 signal.signal(signal.SIGTERM, previous)
         return last
 
+    def _data_state(self, batches) -> dict:
+        """The checkpoint's JSON item: the data position and the best evaluation so far."""
+        return {**batches.state(), "progress": self.progress}
+
+    def _track_best(self, step: int, evaluation: dict, params) -> None:
+        """Keep the best evaluation by `train.best_metric` (exported to <workdir>/export/best)
+        and stop after `train.early_stopping_patience` evaluations without improvement."""
+        name = self.config.train.get("best_metric")
+        if not name or not evaluation:
+            return
+        if name not in evaluation:
+            raise ValueError(f"train.best_metric={name!r} is not among the evaluation's metrics "
+                             f"{sorted(evaluation)}")
+        value, best = float(evaluation[name]), self.progress.get("best_value")
+        lower = self.config.train.get("best_mode", "max") == "min"
+        if best is None or (value < best if lower else value > best):
+            self.progress.update(best_value=value, best_step=step, evals_since_best=0)
+            if jax.process_index() == 0:
+                self.export(params, self.workdir / "export" / "best", overwrite=True)
+            log.info("new best %s=%.4g at step %d", name, value, step)
+            return
+        self.progress["evals_since_best"] = self.progress.get("evals_since_best", 0) + 1
+        patience = self.config.train.get("early_stopping_patience", 0)
+        if patience and self.progress["evals_since_best"] >= patience:
+            self.progress["stopped_early_at"] = step
+
     def _write_run_config(self):
         if jax.process_index() != 0:
             return
-        file = self.workdir / "config.json"
-        tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-        tmp.write_text(self.config.to_json_best_effort(indent=2))
-        os.replace(tmp, file)
+        with atomic_file(self.workdir / "config.json", overwrite=True) as tmp:
+            tmp.write_text(self.config.to_json_best_effort(indent=2))
 
     def export(self, params, directory: str | Path, *, overwrite: bool = False) -> list[Path]:
         """Write the objective's trained model(s) as transformers directories, with the data's
@@ -358,8 +397,8 @@ class Trainer:
         discriminator together); an existing one is refused unless `overwrite`."""
         import flaxbert
         tokenizer_dir = Path(self.data.tokenizer_dir or "")
-        extra = sorted(p for p in tokenizer_dir.iterdir() if p.is_file()) \
-            if tokenizer_dir.is_dir() else []
+        extra = [tokenizer_dir / name for name in TOKENIZER_FILES
+                 if (tokenizer_dir / name).is_file()]
         params = jax.device_get(params)
         parts = self.objective.export(params)
         with atomic_directory(directory, overwrite) as tmp:

@@ -19,7 +19,8 @@ import shutil
 import socket
 from pathlib import Path
 
-from flaxbert.io import atomic_directory, read_json
+from flaxbert.io import atomic_directory, atomic_file, read_json
+from flaxbert.tokenizer import TOKENIZER_FILES
 
 LOCK, MANIFEST, TOKENIZER = "lock", "data.json", "tokenizer"
 
@@ -80,9 +81,8 @@ def trim_metrics(workdir: str | os.PathLike, last_step: int) -> int:
             kept.append(line)
     if len(kept) == len(lines):
         return 0
-    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, file)
+    with atomic_file(file, overwrite=True) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     return len(lines) - len(kept)
 
 
@@ -96,14 +96,13 @@ def save_data_description(workdir: str | os.PathLike, description: dict,
     source = Path(tokenizer_dir or "")
     if not tokenizer.exists() and tokenizer_dir and source.is_dir():
         with atomic_directory(tokenizer) as tmp:
-            for file in sorted(source.iterdir()):
-                if file.is_file():
-                    shutil.copy2(file, tmp / file.name)
+            for name in TOKENIZER_FILES:  # not a checkpoint's config.json or weights
+                if (source / name).is_file():
+                    shutil.copy2(source / name, tmp / name)
     file = workdir / MANIFEST
-    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({k: v for k, v in description.items() if k != "tokenizer_dir"},
-                              indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, file)
+    with atomic_file(file, overwrite=True) as tmp:
+        tmp.write_text(json.dumps({k: v for k, v in description.items() if k != "tokenizer_dir"},
+                                  indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def load_data_description(workdir: str | os.PathLike) -> dict:

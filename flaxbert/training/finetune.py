@@ -1,0 +1,77 @@
+"""Fine-tuning: the pre-training Trainer on a labelled task, from a checkpoint.
+
+    flaxbert finetune --config configs/finetune_glue.py:sst2 --workdir W \
+        --config.model=path/to/bert-base-uncased --config.data.train=train.tsv \
+        --config.data.validation=dev.tsv
+
+    import flaxbert
+    config = flaxbert.finetune_config(model="path/to/checkpoint", objective="classification")
+    config.data.train, config.data.validation = "train.csv", "dev.csv"
+    metrics = flaxbert.finetune(config, "runs/sst2")      # no subprocess needed
+
+Everything the Trainer does holds here (one jitted sharded step, Orbax checkpoints, resume after
+SIGTERM or kill -9, metrics.jsonl, TensorBoard, NaN guard); what is new is the data
+(`flaxbert.training.sources.TaskData`), the objective (`classification`, `token_classification`,
+`multiple_choice`) and keeping the best evaluation: `train.best_metric` names the metric
+(`eval_accuracy`, `eval_f1`, `eval_matthews_correlation`, ...), the best model is exported to
+<workdir>/export/best as a transformers directory with the tokenizer and the label names, and
+`train.early_stopping_patience` evaluations without improvement end the run.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from flaxbert.training.config import default_config
+
+
+def finetune_config(**fields) -> ml_collections.ConfigDict:
+    """Defaults from transformers' run_glue / run_ner examples (AdamW, lr 2e-5, linear decay,
+    batch 32, 128 tokens); `fields` set top-level entries (model=..., objective=...)."""
+    c = default_config()
+    c.model = ""  # a transformers / flaxbert checkpoint directory (or a registered name: random)
+    c.objective = "classification"  # | "token_classification" | "multiple_choice"
+    c.vocab_from_data = False
+
+    c.task = ml_collections.ConfigDict()
+    c.task.glue = ""  # a GLUE task name: its columns, labels and metrics
+    c.task.text_column = ""  # defaults follow run_glue (sentence, sentence1/sentence2, ...)
+    c.task.text_pair_column = ""
+    c.task.label_column = ""
+    c.task.regression = False  # float labels, one output (detected when every label is a number)
+    c.task.replace_labels = False  # a checkpoint head with other labels is re-initialised
+    c.task.max_seq_length = 128
+    c.task.overflow = "truncate"  # or "error": longer texts are refused, naming file and line
+    c.task.label_all_subwords = False  # token tasks: label every sub-word, not just the first
+    c.task.buckets = ()  # padded lengths; () doubles from 32 up to max_seq_length
+    c.task.pack = False  # several short examples per row (flaxbert.packing)
+    c.task.tokenizer = ""  # default: the checkpoint directory's tokenizer
+    c.task.metrics = ()  # beyond GLUE's own: names from flaxbert.tasks.metrics.METRICS
+
+    c.data.validation = ""  # comma-separated for several evaluation sets (MNLI m / mm)
+    c.data.masking = False
+
+    c.optimizer.learning_rate = 2e-5
+    c.optimizer.warmup_steps = 0
+    c.optimizer.eps = 1e-8  # transformers' AdamW
+    c.optimizer.weight_decay = 0.0
+
+    c.train.num_steps = 1000
+    c.train.num_epochs = 0  # > 0: num_steps becomes epochs x training examples / batch
+    c.train.global_batch_size = 32
+    c.train.log_every = 50
+    c.train.eval_every = 0  # 0: only at the end
+    c.train.best_metric = ""  # e.g. "eval_accuracy"; "" keeps no best model
+    c.train.best_mode = "max"  # "min" for a loss
+    c.train.early_stopping_patience = 0  # evaluations without improvement; 0: never stop early
+
+    c.checkpoint.save_every = 500
+    c.checkpoint.keep = 2
+    for key, value in fields.items():
+        c[key] = value
+    return c
+
+
+def finetune(config: ml_collections.ConfigDict, workdir) -> dict:
+    """Run (or resume) a fine-tuning run; returns the last logged metrics."""
+    from flaxbert.training.trainer import Trainer
+    return Trainer(config, workdir).run()

@@ -1,0 +1,131 @@
+"""Fine-tuning end to end on synthetic tasks that only a correct pipeline learns: sequence
+classification (does a marker word occur?), token classification (a lexicon of entity words,
+split into sub-words) and their exports, which transformers loads with identical logits."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import flaxbert
+from flaxbert.training.finetune import finetune, finetune_config
+
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+         "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo",
+         "sierra", "tango", "uniform", "victor", "whiskey", "xray", "yankee"]
+ENTITIES = ["zanzibar", "kathmandu", "ouagadougou", "reykjavik"]  # long: several sub-words
+MARKER = "zebra"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny random BERT with a WordPiece tokenizer trained on the task's words."""
+    from flaxbert.tokenizer_training import train_tokenizer
+    root = tmp_path_factory.mktemp("finetune")
+    corpus = root / "corpus.txt"
+    rs = np.random.RandomState(0)
+    lines = [" ".join(rs.choice(WORDS + [MARKER], 8)) for _ in range(300)] + [" ".join(WORDS)] \
+        + [" ".join(ENTITIES)]  # once: their letters are known, the words split into pieces
+    corpus.write_text("\n".join(lines) + "\n")
+    train_tokenizer([corpus], root / "tok", "wordpiece", 120, min_frequency=1)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(root / "tok")
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0))
+    model.save_pretrained(root / "model")
+    for f in (root / "tok").iterdir():
+        shutil.copy(f, root / "model" / f.name)
+    return root / "model"
+
+
+def _classification_files(root, rs):
+    for split, n in (("train", 512), ("dev", 96)):
+        rows = []
+        for _ in range(n):
+            words = list(rs.choice(WORDS, rs.randint(4, 10)))
+            has = rs.rand() < 0.5
+            if has:
+                words.insert(rs.randint(len(words) + 1), MARKER)
+            rows.append({"sentence": " ".join(words), "label": "yes" if has else "no"})
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _config(model, root, **fields):
+    c = finetune_config(model=str(model))
+    c.data.train, c.data.validation = str(root / "train.jsonl"), str(root / "dev.jsonl")
+    c.task.max_seq_length = 32
+    c.train.num_steps, c.train.global_batch_size, c.train.log_every = 150, 32, 50
+    c.train.eval_every, c.train.best_metric = 50, "eval_accuracy"
+    c.train.progress_bar = False
+    c.optimizer.learning_rate, c.optimizer.warmup_steps = 3e-3, 10
+    c.checkpoint.save_every, c.checkpoint.async_save = 50, False
+    c.export.at_end = False
+    for key, value in fields.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def test_sequence_classification_learns_and_exports_for_transformers(checkpoint, tmp_path):
+    _classification_files(tmp_path, np.random.RandomState(1))
+    workdir = tmp_path / "run"
+    last = finetune(_config(checkpoint, tmp_path), workdir)
+    assert last["eval_accuracy"] >= 0.95, last
+    rows = [json.loads(ln) for ln in (workdir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_accuracy" in r]
+    assert [r["step"] for r in evals] == [50, 100, 150]
+    assert all(r["eval_sequences"] == 96 for r in evals)  # the whole dev set, every time
+    best = max(evals, key=lambda r: r["eval_accuracy"])
+
+    # The best model is a transformers directory with the label names and the tokenizer.
+    export = workdir / "export" / "best"
+    config = json.loads((export / "config.json").read_text())
+    assert config["id2label"] == {"0": "no", "1": "yes"} and config["label2id"]["yes"] == 1
+    torch_model = transformers.AutoModelForSequenceClassification.from_pretrained(export).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(export)
+    texts = ["alpha zebra bravo", "charlie delta echo golf"]
+    enc = tokenizer(texts, padding=True, return_tensors="np")
+    model, params = flaxbert.from_pretrained(export)
+    ours = np.asarray(model.apply({"params": params}, enc["input_ids"], enc["attention_mask"],
+                                  enc["token_type_ids"]).logits)
+    with torch.no_grad():
+        theirs = torch_model(**{k: torch.as_tensor(v) for k, v in enc.items()}).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert [torch_model.config.id2label[i] for i in theirs.argmax(-1)] == ["yes", "no"]
+    # The kept model is the best evaluation's, not the last one's.
+    dev = [json.loads(ln) for ln in (tmp_path / "dev.jsonl").read_text().splitlines()]
+    enc = tokenizer([r["sentence"] for r in dev], padding=True, truncation=True, max_length=32,
+                    return_tensors="np")  # as the run truncated them
+    predicted = np.asarray(model.apply({"params": params}, enc["input_ids"],
+                                       enc["attention_mask"]).logits).argmax(-1)
+    accuracy = np.mean([model.config.id2label[p] == r["label"] for p, r in zip(predicted, dev)])
+    assert accuracy == pytest.approx(best["eval_accuracy"], abs=1e-6)
+
+
+def test_token_classification_learns_entities_over_subwords(checkpoint, tmp_path):
+    rs = np.random.RandomState(2)
+    tok = transformers.AutoTokenizer.from_pretrained(checkpoint)
+    pieces = [tok.tokenize(e) for e in ENTITIES]  # the alignment is really exercised
+    assert all(len(p) > 1 and tok.unk_token not in p for p in pieces), pieces
+    for split, n in (("train", 512), ("dev", 64)):
+        rows = []
+        for _ in range(n):
+            words = list(rs.choice(WORDS, rs.randint(4, 9)))
+            for _ in range(rs.randint(0, 3)):
+                words.insert(rs.randint(len(words) + 1), str(rs.choice(ENTITIES)))
+            tags = ["B-LOC" if w in ENTITIES else "O" for w in words]
+            rows.append({"tokens": words, "ner_tags": tags})
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    last = finetune(_config(checkpoint, tmp_path, objective="token_classification",
+                            **{"train.best_metric": "eval_f1", "train.num_steps": 100}),
+                    tmp_path / "run")
+    assert last["eval_f1"] >= 0.95, last
+    config = json.loads((tmp_path / "run" / "export" / "best" / "config.json").read_text())
+    assert sorted(config["label2id"]) == ["B-LOC", "O"]
