@@ -135,7 +135,7 @@ def test_mutated_checkpoints_convert_cleanly_or_get_one_clear_line(checkpoint, t
     from flaxbert import cli
     from flaxbert.io import read_json
     counts = {"cases": 0, "converted": 0, "clear error": 0}
-    failures = []
+    failures, converted = [], []
     for i, (name, mutate) in enumerate(_cases(checkpoint)):
         src, dst = tmp_path / f"src{i}", tmp_path / f"dst{i}"
         shutil.copytree(checkpoint, src)
@@ -148,6 +148,7 @@ def test_mutated_checkpoints_convert_cleanly_or_get_one_clear_line(checkpoint, t
             finite = all(np.isfinite(v).all() for v in loaded.values())
             if finite and read_json(dst / "config.json"):
                 counts["converted"] += 1
+                converted.append(name)
             else:
                 failures.append(f"{name}: converted into a non-finite or unreadable model")
         elif (rc == 2 and len(err.splitlines()) == 1 and err.startswith("flaxbert convert: error:")
@@ -157,10 +158,15 @@ def test_mutated_checkpoints_convert_cleanly_or_get_one_clear_line(checkpoint, t
             failures.append(f"{name}: exit {rc}, stderr {err[-400:]!r}")
         shutil.rmtree(src, ignore_errors=True)
         shutil.rmtree(dst, ignore_errors=True)
-    print(f"\nfuzz: {counts}")
+    print(f"\nfuzz: {counts}; converted: {converted}")
     assert not failures, f"{len(failures)} of {counts['cases']} cases:\n" + "\n".join(failures)
-    # Inverting a tensor byte can give a legal float; everything else must be refused.
-    assert counts["converted"] <= 8 and counts["clear error"] >= counts["cases"] - 8
+    # What may convert: an inverted tensor byte that still makes a finite float, another float
+    # width (cast to the config's dtype), values legal if odd, and a null pad id (transformers
+    # allows one). Anything else that converted was garbage accepted.
+    legal = ("data byte", " as float16", " as float64", "layer_norm_eps=", "initializer_range=",
+             "pad_token_id=None")
+    assert [n for n in converted if not any(p in n for p in legal)] == []
+    assert counts["clear error"] >= 90
 
 
 # ----------------------------------------------------------------------------- kill -9

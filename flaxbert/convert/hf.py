@@ -235,6 +235,14 @@ def config_from_hf(family: registry.Family, hf_config: dict, **overrides) -> Enc
                              f"{family.name} supports {field} in {list(allowed)}")
     hf_config = {dict(family.hf.config_renames).get(k, k): v for k, v in hf_config.items()}
     fields = {f.name for f in dataclasses.fields(family.config_cls)} - set(FLAXBERT_FIELDS)
+    # A null is transformers' "not set" only where its config allows one (Optional fields, the
+    # pad id, the family's declared nulls); a null size or rate is an error, not a default.
+    may_be_null = {f.name for f in dataclasses.fields(family.config_cls) if "None" in str(f.type)}
+    may_be_null |= {"pad_token_id"} | {k for k, _ in family.hf.config_null_values}
+    for k in sorted(fields - may_be_null):
+        if k in hf_config and hf_config[k] is None:
+            raise ValueError(f"{k} is null; it needs a value "
+                             f"(the default would be {getattr(family.config_cls, k, '?')!r})")
     kwargs = {k: hf_config[k] for k in fields if k in hf_config and hf_config[k] is not None}
     if "id2label" in hf_config:
         kwargs["id2label"] = _labels(hf_config["id2label"])
