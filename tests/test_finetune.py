@@ -129,3 +129,48 @@ def test_token_classification_learns_entities_over_subwords(checkpoint, tmp_path
     assert last["eval_f1"] >= 0.95, last
     config = json.loads((tmp_path / "run" / "export" / "best" / "config.json").read_text())
     assert sorted(config["label2id"]) == ["B-LOC", "O"]
+
+
+def test_cli_finetune_evaluate_and_predict(checkpoint, tmp_path, capsys):
+    """The real commands on a GLUE-style TSV (label ids 0 / 1, as GLUE's files hold them)."""
+    from flaxbert.cli import main
+    rs = np.random.RandomState(3)
+    for split, n in (("train", 256), ("dev", 48)):
+        lines = ["sentence\tlabel"]
+        for _ in range(n):
+            words = list(rs.choice(WORDS, rs.randint(3, 8)))
+            label = int(rs.rand() < 0.5)
+            if label:
+                words.insert(rs.randint(len(words) + 1), MARKER)
+            lines.append(f"{' '.join(words)}\t{label}")
+        (tmp_path / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    workdir = tmp_path / "run"
+    assert main(["finetune", "--config", "configs/finetune_glue.py:sst2,tiny", "--workdir",
+                 str(workdir), f"--config.model={checkpoint}",
+                 f"--config.data.train={tmp_path / 'train.tsv'}",
+                 f"--config.data.validation={tmp_path / 'dev.tsv'}",
+                 "--config.task.max_seq_length=32", "--config.train.progress_bar=False",
+                 "--config.train.num_steps=60", "--config.train.eval_every=30",
+                 "--config.export.at_end=False", "--config.checkpoint.async_save=False"]) == 0
+    assert "best model" in capsys.readouterr().out
+    best = workdir / "export" / "best"
+    assert json.loads((best / "config.json").read_text())["id2label"] == {
+        "0": "negative", "1": "positive"}
+    logged = [json.loads(ln) for ln in (workdir / "metrics.jsonl").read_text().splitlines()]
+    best_accuracy = max(r["eval_accuracy"] for r in logged if "eval_accuracy" in r)
+    assert best_accuracy >= 0.9
+
+    # evaluate: the same number from the exported directory alone.
+    assert main(["evaluate", str(best), "--data", str(tmp_path / "dev.tsv"), "--glue", "sst2",
+                 "--max-seq-length", "32", "--output", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["eval_accuracy"] == pytest.approx(best_accuracy, abs=1e-6)
+    assert main(["evaluate", str(best), "--data", str(tmp_path / "dev.tsv"), "--glue", "sst2",
+                 "--output", str(tmp_path / "m.json")]) == 2  # refuses to replace it
+    # predict: one line per row, in order, labels by name.
+    capsys.readouterr()
+    assert main(["predict", str(best), "--data", str(tmp_path / "dev.tsv"), "--output",
+                 str(tmp_path / "p.jsonl")]) == 0
+    predictions = [json.loads(ln) for ln in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(predictions) == 48
+    assert {p["label"] for p in predictions} <= {"negative", "positive"}

@@ -1,8 +1,13 @@
-"""`flaxbert pretrain` and `flaxbert export`.
+"""`flaxbert pretrain`, `finetune`, `export`, `evaluate` and `predict`.
 
     flaxbert pretrain --config configs/bert_base.py:phase1 --workdir gs://.../run \
         --config.train.num_steps=1000 --config.data.train=data/wiki
+    flaxbert finetune --config configs/finetune_glue.py:sst2 --workdir runs/sst2 \
+        --config.model=CHECKPOINT --config.data.train=train.tsv --config.data.validation=dev.tsv
     flaxbert export --workdir RUN [--step N] --output DIR [--overwrite]
+    flaxbert evaluate MODEL_DIR --data dev.tsv --objective classification [--glue sst2] \
+        --output metrics.json
+    flaxbert predict MODEL_DIR --data test.tsv --task text-classification --output preds.jsonl
 
 `--config` takes an ml_collections config file (optionally `file.py:argument`) and any field can be
 overridden with `--config.<field>=<value>`; ml_collections parses these and checks their types.
@@ -127,6 +132,10 @@ def _pretrain(args) -> None:
     from flaxbert.training.config import check_config
     source, config, workdir, multihost = _parse_pretrain_flags(args.flags)
     check_config(config, source=source)
+    if (args.command == "finetune") != ("task" in config):
+        other = "pretrain" if args.command == "finetune" else "finetune"
+        raise ValueError(f"{source} is a {other} config (it {'lacks' if other == 'pretrain' else 'has'}"
+                         f" a task block); run it with `flaxbert {other}`")
     logging.getLogger("absl").setLevel(logging.WARNING)
     if multihost:
         import jax
@@ -138,8 +147,10 @@ def _pretrain(args) -> None:
         raise SystemExit(f"flaxbert pretrain: halted: {e}") from None
     if last and not trainer.stopped_early:
         shown = {k: round(v, 4) for k, v in last.items()
-                 if k in ("loss", "mlm_accuracy", "eval_loss", "eval_mlm_accuracy", "seq_per_s")}
-        print(f"pretrain: done; last metrics {shown}; workdir {workdir}")
+                 if k in ("loss", "mlm_accuracy", "seq_per_s") or k.startswith("eval_")}
+        best = getattr(trainer, "progress", {}).get("best_step")
+        where = f"; best model (step {best}) in {workdir}/export/best" if best else ""
+        print(f"{args.command}: done; last metrics {shown}; workdir {workdir}{where}")
 
 
 def _export(args) -> None:
@@ -151,6 +162,62 @@ def _export(args) -> None:
         print(f"wrote transformers directory {path} (step {step})")
 
 
+def _task_config(args):
+    from flaxbert.training.finetune import finetune_config
+    c = finetune_config(model=args.model_dir, objective=args.objective)
+    c.data.validation = args.data
+    c.task.glue = args.glue or ""
+    c.task.max_seq_length = args.max_seq_length
+    c.train.global_batch_size = args.batch_size
+    return c
+
+
+def _evaluate(args) -> None:
+    """The task's metrics of a fine-tuned directory on a labelled file (its own labels)."""
+    import json
+    import tempfile
+
+    from flaxbert.io import atomic_file, check_destination
+    from flaxbert.training.trainer import Trainer
+    if args.output:
+        check_destination(args.output, args.overwrite)
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = Trainer(_task_config(args), scratch)
+        metrics = trainer.evaluate(trainer.init_state().params) or {}
+    text = json.dumps({k: float(v) for k, v in metrics.items()}, indent=2, sort_keys=True) + "\n"
+    if args.output:
+        with atomic_file(args.output, args.overwrite) as tmp:
+            tmp.write_text(text)
+        print(f"wrote {len(metrics)} metrics to {args.output}")
+    else:
+        print(text, end="")
+
+
+def _predict(args) -> None:
+    """One JSON line of pipeline output per input example, in the file's order."""
+    import json
+
+    from flaxbert.io import atomic_file, check_destination
+    from flaxbert.pipelines import pipeline
+    from flaxbert.tasks import readers
+    check_destination(args.output, args.overwrite)
+    run = pipeline(args.task, args.model_dir, batch_size=args.batch_size)
+    if args.task in ("token-classification", "ner"):
+        inputs = [" ".join(e["words"]) for e in readers.read_token_examples(
+            args.data, require_labels=False)]
+    elif args.task == "multiple-choice":
+        inputs = [{"text": e["text"], "choices": e["choices"]} for e in
+                  readers.read_choice_examples(args.data, require_labels=False)]
+    else:
+        examples = readers.read_sequence_examples(args.data, require_labels=False)
+        inputs = [{"text": e["text"], "text_pair": e["text_pair"]} if "text_pair" in e
+                  else e["text"] for e in examples]
+    outputs = run(inputs)
+    with atomic_file(args.output, args.overwrite) as tmp:
+        tmp.write_text("".join(json.dumps(o, default=float) + "\n" for o in outputs))
+    print(f"wrote {len(outputs)} predictions to {args.output}")
+
+
 def add_training_parsers(commands) -> None:
     pretrain = commands.add_parser(
         "pretrain", help="pre-train a model (config file + workdir; resumes automatically)",
@@ -159,6 +226,36 @@ def add_training_parsers(commands) -> None:
     pretrain.add_argument("flags", nargs=argparse.REMAINDER,
                           help="--config FILE[:arg] --workdir DIR [--config.field=value ...]")
     pretrain.set_defaults(run=_pretrain)
+
+    finetune = commands.add_parser(
+        "finetune", help="fine-tune a checkpoint on a labelled task (configs/finetune_*.py)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False, prefix_chars="\0")
+    finetune.add_argument("flags", nargs=argparse.REMAINDER,
+                          help="--config FILE[:arg] --workdir DIR [--config.field=value ...]")
+    finetune.set_defaults(run=_pretrain)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="a fine-tuned directory's task metrics on a labelled file (JSON)")
+    predict = commands.add_parser(
+        "predict", help="a fine-tuned directory's predictions for a file (JSONL)")
+    for p in (evaluate, predict):
+        p.add_argument("model_dir", help="a transformers / flaxbert directory with a task head")
+        p.add_argument("--data", required=True,
+                       help="CSV / TSV / JSON(L) / CoNLL file, tfds:NAME:SPLIT or hf:NAME")
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    evaluate.add_argument("--objective", default="classification",
+                          choices=("classification", "token_classification", "multiple_choice"))
+    evaluate.add_argument("--glue", default="", help="a GLUE task name: its columns and metrics")
+    evaluate.add_argument("--max-seq-length", type=int, default=128)
+    evaluate.add_argument("--output", default="", help="metrics JSON (default: print them)")
+    evaluate.set_defaults(run=_evaluate)
+    predict.add_argument("--task", default="text-classification",
+                         choices=("text-classification", "token-classification",
+                                  "multiple-choice"))
+    predict.add_argument("--output", required=True, help="predictions, one JSON line each")
+    predict.set_defaults(run=_predict)
 
     export = commands.add_parser(
         "export", help="write a pretrain workdir's checkpoint as transformers directories")

@@ -132,7 +132,8 @@ def check_config(c: ml_collections.ConfigDict, source: str | None = None) -> Non
     need(t.seed >= 0, f"train.seed={t.seed} must be >= 0")
     need(c.objective in OBJECTIVES,
          f"objective={c.objective!r}; choose one of {sorted(OBJECTIVES)}")
-    need(bool(d.train), "data.train is empty; give the task's training file "
+    need(bool(d.train) or (task and bool(d.validation)),
+         "data.train is empty; give the task's training file "
                         "(--config.data.train=FILE)" if task else "data.train is empty; give "
                         "the directory `flaxbert prepare` wrote (--config.data.train=DIR)")
     if task:

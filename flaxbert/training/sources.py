@@ -180,14 +180,17 @@ class TaskData:
                                     "(give a checkpoint directory as model, or task.tokenizer)")
         self.tokenizer_dir = str(Path(source).absolute())
         self.tokenizer = Tokenizer.from_pretrained(source)
-        train = self._read(config.data.train, "train", labelled=True)
-        self.label_map = self._label_map(train)
+        if config.data.train:
+            train = self._read(config.data.train, "train", labelled=True)
+            self.label_map = self._label_map(train)
+        else:  # evaluating a fine-tuned model: its own labels
+            train, self.label_map = None, self._checkpoint_label_map()
         self.label_names = None if self.label_map is None or self.label_map.regression \
             else list(self.label_map.names)
         self._model_config, self.initial_params = self._model()
-        self.train_features = self._features(train)
+        self.train_features = None if train is None else self._features(train)
         epochs = config.train.get("num_epochs", 0)
-        if epochs:  # the schedule is built after the data, from this
+        if epochs and train is not None:  # the schedule is built after the data, from this
             config.train.num_steps = max(1, math.ceil(
                 epochs * len(self.train_features) / config.train.global_batch_size))
         self.eval_sets = []
@@ -223,8 +226,16 @@ class TaskData:
             columns.update(text_column=t.text_column, text_pair_column=t.text_pair_column)
         if t.label_column:
             columns["label_column"] = t.label_column
-        return readers.read_sequence_examples(spec, split=split, require_labels=labelled,
-                                              **columns)
+        examples = readers.read_sequence_examples(spec, split=split, require_labels=labelled,
+                                                  **columns)
+        if self.glue is not None and not self.glue.is_regression:
+            # GLUE's files (and tfds) hold label ids: 0 is the first name, and so on.
+            names = self.glue.label_names
+            for e in examples:
+                label = str(e.get("label", ""))
+                if label.isdigit() and int(label) < len(names):
+                    e["label"] = names[int(label)]
+        return examples
 
     def _checkpoint_names(self):
         config_file = Path(self.config.model) / "config.json"
@@ -233,6 +244,24 @@ class TaskData:
         from flaxbert.io import read_json
         labels = read_json(config_file).get("id2label")
         return [labels[k] for k in sorted(labels, key=int)] if isinstance(labels, dict) else None
+
+    def _checkpoint_label_map(self):
+        from flaxbert.tasks.labels import LabelMap
+        if self.kind == "multiple_choice":
+            return None
+        if self.glue is not None:
+            return LabelMap(regression=True) if self.glue.is_regression else \
+                LabelMap(tuple(self.glue.label_names))
+        config_file = Path(self.config.model) / "config.json"
+        if self.config.task.regression or (config_file.is_file() and (
+                json_field(config_file, "num_labels") == 1
+                or json_field(config_file, "problem_type") == "regression")):
+            return LabelMap(regression=True)
+        names = self._checkpoint_names()
+        if not names:
+            raise ValueError(f"{self.config.model} has no id2label, so without data.train the "
+                             "labels of data.validation cannot be mapped")
+        return LabelMap(tuple(names))
 
     def _label_map(self, train):
         from flaxbert.tasks.labels import LabelMap, label_map_for
@@ -297,8 +326,7 @@ class TaskData:
         shape = (batch_size,) + ((2,) if self.kind == "multiple_choice" else ()) + (self.seq_len,)
         labels = (batch_size, self.seq_len) if self.kind == "token_classification" \
             else (batch_size,)
-        regression = self.label_map is not None and self.label_map.regression \
-            if self.train_features is not None else self._model_config.num_labels == 1
+        regression = self._model_config.num_labels == 1 and self.kind == "classification"
         return {"input_ids": np.ones(shape, np.int32), "attention_mask": np.ones(shape, np.int32),
                 "token_type_ids": np.zeros(shape, np.int32),
                 "labels": np.zeros(labels, np.float32 if regression else np.int32),
@@ -319,6 +347,8 @@ class TaskData:
                            state=state)
 
     def train_batches(self, state: dict | None):
+        if self.train_features is None:
+            raise ValueError("data.train is empty: there is nothing to train on")
         return self._batches(self.train_features, train=True,
                              state=state if state and "epoch" in state else None)
 
@@ -354,6 +384,11 @@ class TaskData:
                 "labels": self.label_names, "tokenizer_dir": self.tokenizer_dir,
                 "model": {"family": registry.family_of(self._model_config).name,
                           "config": self._model_config.to_dict()}}
+
+
+def json_field(file: Path, name: str):
+    from flaxbert.io import read_json
+    return read_json(file).get(name)
 
 
 _TASK_OF = {"classification": "sequence-classification",
