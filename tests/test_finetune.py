@@ -3,6 +3,7 @@ classification (does a marker word occur?), token classification (a lexicon of e
 split into sub-words) and their exports, which transformers loads with identical logits."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel
          "sierra", "tango", "uniform", "victor", "whiskey", "xray", "yankee"]
 ENTITIES = ["zanzibar", "kathmandu", "ouagadougou", "reykjavik"]  # long: several sub-words
 MARKER = "zebra"
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +147,7 @@ def test_cli_finetune_evaluate_and_predict(checkpoint, tmp_path, capsys):
             lines.append(f"{' '.join(words)}\t{label}")
         (tmp_path / f"{split}.tsv").write_text("\n".join(lines) + "\n")
     workdir = tmp_path / "run"
-    assert main(["finetune", "--config", "configs/finetune_glue.py:sst2,tiny", "--workdir",
+    assert main(["finetune", "--config", f"{CONFIGS}/finetune_glue.py:sst2,tiny", "--workdir",
                  str(workdir), f"--config.model={checkpoint}",
                  f"--config.data.train={tmp_path / 'train.tsv'}",
                  f"--config.data.validation={tmp_path / 'dev.tsv'}",
@@ -174,3 +176,16 @@ def test_cli_finetune_evaluate_and_predict(checkpoint, tmp_path, capsys):
     predictions = [json.loads(ln) for ln in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(predictions) == 48
     assert {p["label"] for p in predictions} <= {"negative", "positive"}
+
+
+@pytest.mark.parametrize("recipe", ["finetune_glue.py:mnli", "finetune_glue.py:stsb,tiny",
+                                    "finetune_glue.py:tiny", "finetune_ner.py",
+                                    "finetune_ner.py:tiny", "finetune_swag.py",
+                                    "finetune_swag.py:tiny"])
+def test_every_finetune_recipe_is_a_valid_config(checkpoint, recipe):
+    from flaxbert.training.cli import _load_config
+    from flaxbert.training.config import check_config
+    path, config = _load_config(f"{CONFIGS}/{recipe}")
+    config.model, config.data.train = str(checkpoint), "train.csv"
+    check_config(config, source=path)
+    assert config.task and config.train.best_metric.startswith("eval_")

@@ -431,3 +431,24 @@ def test_export_killed_anywhere_leaves_nothing_half_written(corpus, tmp_path):
     assert subprocess.run(command, env=env, capture_output=True).returncode == 0
     flaxbert.from_pretrained(out, task="pretraining")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".export.")] == []
+
+
+def test_evaluation_reads_the_whole_validation_split_whatever_the_batch(corpus, tmp_path):
+    """Every validation sequence counts once (the last batch padded with rows of weight 0), so
+    a per-sequence metric does not depend on the batch size."""
+    from flaxbert.data.prepare import read_manifest
+    from flaxbert.training.trainer import Trainer
+    data = _prepared(corpus, "nsp")
+    expected = read_manifest([data])["sequences"]["validation"]
+    results = []
+    for batch in (8, 24):
+        assert expected % batch  # a partial last batch either way
+        c = _config("bert_base.py:tiny", data, **{"train.global_batch_size": batch,
+                                                  "train.num_steps": 1,
+                                                  "optimizer.warmup_steps": 0})
+        trainer = Trainer(c, tmp_path / str(batch))
+        results.append(trainer.evaluate(trainer.init_state().params))
+    for result in results:
+        assert result["eval_sequences"] == expected
+    assert results[0]["eval_nsp_loss"] == pytest.approx(results[1]["eval_nsp_loss"], abs=1e-5)
+    assert results[0]["eval_nsp_accuracy"] == pytest.approx(results[1]["eval_nsp_accuracy"])
