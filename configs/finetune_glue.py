@@ -13,7 +13,7 @@ evaluation by the task's main metric is exported.
 `:<task>,tiny` (or `:tiny` for sst2) trains for 100 steps at 64 tokens, for a local CPU run.
 """
 from flaxbert.tasks.glue import glue_task
-from flaxbert.training.finetune import finetune_config
+from flaxbert.training.finetune import finetune_config, tiny_finetune
 
 MAIN_METRIC = {"cola": "matthews_correlation", "stsb": "pearson", "mrpc": "f1", "qqp": "f1"}
 
@@ -34,9 +34,5 @@ def get_config(arg: str = "sst2"):
     c.train.eval_every = 1000
     c.train.best_metric = "eval_" + MAIN_METRIC.get(task.name, "accuracy")
     if size == "tiny":
-        c.task.max_seq_length = 64
-        c.train.num_epochs, c.train.num_steps, c.train.global_batch_size = 0, 100, 16
-        c.train.eval_every, c.train.log_every = 50, 10
-        c.optimizer.learning_rate = 1e-3
-        c.checkpoint.save_every = 50
+        tiny_finetune(c)
     return c

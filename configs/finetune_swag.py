@@ -8,7 +8,7 @@ evaluation. Columns as HF's swag dataset: sent1, sent2, ending0..3, label.
 
 `:tiny` trains for 100 steps at 64 tokens, for a local CPU run.
 """
-from flaxbert.training.finetune import finetune_config
+from flaxbert.training.finetune import finetune_config, tiny_finetune
 
 
 def get_config(arg: str = ""):
@@ -22,9 +22,5 @@ def get_config(arg: str = ""):
     c.train.eval_every = 2000
     c.train.best_metric = "eval_accuracy"
     if arg == "tiny":
-        c.task.max_seq_length = 64
-        c.train.num_epochs, c.train.num_steps, c.train.global_batch_size = 0, 100, 16
-        c.train.eval_every, c.train.log_every = 50, 10
-        c.optimizer.learning_rate = 1e-3
-        c.checkpoint.save_every = 50
+        tiny_finetune(c)
     return c

@@ -48,3 +48,14 @@ def run_on_8_cpu_devices(script: str) -> str:
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
+
+
+def set_fields(config, **fields):
+    """config["a.b.c"] = value for dotted names (what --config.a.b.c=value does)."""
+    for key, value in fields.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config

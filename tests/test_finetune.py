@@ -11,6 +11,7 @@ import torch
 import transformers
 
 import flaxbert
+from conftest import set_fields
 from flaxbert.training.finetune import finetune, finetune_config
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
@@ -66,13 +67,7 @@ def _config(model, root, **fields):
     c.optimizer.learning_rate, c.optimizer.warmup_steps = 3e-3, 10
     c.checkpoint.save_every, c.checkpoint.async_save = 50, False
     c.export.at_end = False
-    for key, value in fields.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return set_fields(c, **fields)
 
 
 def test_sequence_classification_learns_and_exports_for_transformers(checkpoint, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_on_8_cpu_devices
+from conftest import run_on_8_cpu_devices, set_fields
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -53,13 +53,7 @@ def _config(path_arg: str, data_dir, **fields):
     c.train.progress_bar = False
     c.checkpoint.async_save = False
     c.export.at_end = False
-    for key, value in fields.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return set_fields(c, **fields)
 
 
 def _losses(workdir) -> dict[int, float]:

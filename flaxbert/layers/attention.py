@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flaxbert.layers import sharding
+from flaxbert.layers import peft, sharding
 from flaxbert.layers.config import EncoderConfig
 
 log = logging.getLogger(__name__)
@@ -175,9 +175,13 @@ class SelfAttention(nn.Module):
     def __call__(self, x, mask, *extra, output_attentions: bool = False):
         cfg = self.config
         heads, head_dim = self.heads
-        query = sharding.constrain(head_projection(cfg, "query", heads, head_dim)(x), sharding.HEADS)
-        key = sharding.constrain(head_projection(cfg, "key", heads, head_dim)(x), sharding.HEADS)
-        value = sharding.constrain(head_projection(cfg, "value", heads, head_dim)(x), sharding.HEADS)
+
+        def project(name):  # plus its LoRA term, when the config puts one there
+            out = head_projection(cfg, name, heads, head_dim)(x) + peft.lora(
+                cfg, name, (heads, head_dim), ("embed",), ("heads", "kv"), self.deterministic)(x)
+            return sharding.constrain(out, sharding.HEADS)
+
+        query, key, value = project("query"), project("key"), project("value")
 
         rate = cfg.attention_probs_dropout_prob
         rng = None if self.deterministic or rate == 0.0 else self.make_rng("dropout")
@@ -190,5 +194,7 @@ class SelfAttention(nn.Module):
             scale=self.scale(), dropout_rate=rate, dropout_rng=rng,
             return_probs=output_attentions)
         context = sharding.constrain(context, sharding.HEADS)
-        out = head_projection(cfg, "out", heads, head_dim, into_heads=False)(context)
+        out = head_projection(cfg, "out", heads, head_dim, into_heads=False)(context) + peft.lora(
+            cfg, "output", (cfg.hidden_size,), ("heads", "kv"), ("embed",), self.deterministic)(
+                context)
         return sharding.constrain(out, sharding.HIDDEN), probs

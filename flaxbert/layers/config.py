@@ -19,6 +19,11 @@ import jax.numpy as jnp
 ATTENTION_IMPLS = ("xla", "cudnn")
 POOLING = ("mean", "cls", "max")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "attention_out")
+# Parameter-efficient fine-tuning (flaxbert.layers.peft): LoRA on the projections lora_targets
+# names, or bottleneck adapters after both sub-layers (Houlsby) or after the feed-forward only
+# (Pfeiffer).
+PEFT_METHODS = ("none", "lora", "houlsby", "pfeiffer")
+LORA_TARGETS = ("query", "key", "value", "output", "mlp_in", "mlp_out")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -31,10 +36,11 @@ FIELD_RANGES = {
     **dict.fromkeys(("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "num_labels", "embedding_size",
                      "num_hidden_groups", "inner_group_num", "attention_head_size",
-                     "pooler_hidden_size", "conv_groups"), _AT_LEAST_ONE),
+                     "pooler_hidden_size", "conv_groups", "lora_rank", "adapter_size"),
+                    _AT_LEAST_ONE),
     **dict.fromkeys(("type_vocab_size", "pad_token_id", "initializer_range", "conv_kernel_size",
                      "mem_len", "reuse_len"), _AT_LEAST_ZERO),
-    "layer_norm_eps": ("> 0", lambda v: v > 0),
+    **dict.fromkeys(("layer_norm_eps", "lora_alpha"), ("> 0", lambda v: v > 0)),
 }
 _RATE = ("in [0, 1)", lambda v: 0 <= v < 1)
 
@@ -61,7 +67,10 @@ def accepts(hint, value) -> bool:
 
 # Fields of ours that transformers' config.json does not carry.
 FLAXBERT_FIELDS = ("num_labels", "id2label", "pooling", "normalize_embeddings", "dtype",
-                   "param_dtype", "attention_impl", "scan_layers", "remat_policy")
+                   "param_dtype", "attention_impl", "scan_layers", "remat_policy", "peft",
+                   "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "adapter_size",
+                   "adapter_act")
+PEFT_FIELDS = FLAXBERT_FIELDS[FLAXBERT_FIELDS.index("peft"):]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +101,15 @@ class EncoderConfig:
     attention_impl: str = "xla"
     scan_layers: bool = False
     remat_policy: str = "none"
+    # Parameter-efficient fine-tuning: W x + (lora_alpha / lora_rank) B A x on lora_targets, or
+    # adapters h + up(act(down(h))) of width adapter_size.
+    peft: str = "none"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("query", "value")
+    adapter_size: int = 64
+    adapter_act: str = "relu"
 
     def __post_init__(self):
         def need(ok: bool, message: str):
@@ -126,6 +144,9 @@ class EncoderConfig:
         need(self.dtype in DTYPES, f"dtype={self.dtype!r}; choose one of {tuple(DTYPES)}")
         need(self.param_dtype in DTYPES,
              f"param_dtype={self.param_dtype!r}; choose one of {tuple(DTYPES)}")
+        need(self.peft in PEFT_METHODS, f"peft={self.peft!r}; choose one of {PEFT_METHODS}")
+        need(bool(self.lora_targets) and set(self.lora_targets) <= set(LORA_TARGETS),
+             f"lora_targets={self.lora_targets!r}; choose one or more of {LORA_TARGETS}")
         need(self.pooling in POOLING, f"pooling={self.pooling!r}; choose one of {POOLING}")
         need(self.id2label is None or len(self.id2label) == self.num_labels,
              f"id2label has {0 if self.id2label is None else len(self.id2label)} labels "

@@ -8,7 +8,7 @@ import jax
 from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
-from flaxbert.layers import sharding
+from flaxbert.layers import peft, sharding
 from flaxbert.layers.attention import SelfAttention
 from flaxbert.layers.config import EncoderConfig
 from flaxbert.layers.feed_forward import FeedForward, layer_norm
@@ -30,7 +30,8 @@ def rematerialised(block: type[nn.Module], cfg: EncoderConfig) -> type[nn.Module
 
 
 class TransformerBlock(nn.Module):
-    """x -> LN(x + Attn(x)) -> LN(. + FFN(.)), BERT's post-LN layer.
+    """x -> LN(x + Attn(x)) -> LN(. + FFN(.)), BERT's post-LN layer (adapters, when configured,
+    on Attn's and FFN's outputs).
 
     Returns (x, (x or None, probs or None)) so that the same block serves the unrolled loop and
     `nn.scan` (whose per-layer outputs are the second element).
@@ -49,8 +50,10 @@ class TransformerBlock(nn.Module):
             x, mask, *attention_args, output_attentions=self.output_attentions)
         attn = checkpoint_name(attn, "attention_out")
         attn = nn.Dropout(cfg.hidden_dropout_prob, deterministic=self.deterministic)(attn)
-        x = layer_norm(cfg, "attention_norm")(x + attn)
-        x = layer_norm(cfg, "mlp_norm")(x + FeedForward(cfg, self.deterministic, name="mlp")(x))
+        # Adapters (config.peft) sit on each sub-layer's output, before the residual LayerNorm.
+        x = layer_norm(cfg, "attention_norm")(x + peft.adapter(cfg, "attention")(attn))
+        mlp = FeedForward(cfg, self.deterministic, name="mlp")(x)
+        x = layer_norm(cfg, "mlp_norm")(x + peft.adapter(cfg, "mlp")(mlp))
         x = sharding.constrain(x, sharding.HIDDEN)
         return x, (x if self.collect_hidden else None, probs)
 

@@ -6,7 +6,7 @@ import functools
 import flax.linen as nn
 import jax
 
-from flaxbert.layers import sharding
+from flaxbert.layers import peft, sharding
 from flaxbert.layers.config import EncoderConfig
 
 # transformers' ACT2FN names -> JAX. "gelu" is the exact erf form, as in BERT and transformers.
@@ -45,6 +45,14 @@ def layer_norm(cfg: EncoderConfig, name: str, axis_name: str = "embed") -> nn.La
         bias_init=sharding.param_init(nn.initializers.zeros, (axis_name,)))
 
 
+def projection(cfg: EncoderConfig, target: str, x, deterministic: bool = True):
+    """The feed-forward's `wi` (target "mlp_in") or `wo` ("mlp_out"), plus its LoRA term."""
+    features, axes = ((cfg.intermediate_size, ("embed", "mlp")) if target == "mlp_in"
+                      else (cfg.hidden_size, ("mlp", "embed")))
+    return (dense(cfg, features, axes, peft.LORA_MODULES[target])(x)
+            + peft.lora(cfg, target, (features,), axes[:1], axes[1:], deterministic)(x))
+
+
 class FeedForward(nn.Module):
     config: EncoderConfig
     deterministic: bool = True
@@ -52,7 +60,7 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        h = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "wi")(x)
+        h = projection(cfg, "mlp_in", x, self.deterministic)
         h = sharding.constrain(activation(cfg.hidden_act)(h), sharding.MLP)
-        h = dense(cfg, cfg.hidden_size, ("mlp", "embed"), "wo")(h)
+        h = projection(cfg, "mlp_out", h, self.deterministic)
         return nn.Dropout(cfg.hidden_dropout_prob, deterministic=self.deterministic)(h)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxbert.convert.spec import TASK_CLASSES, HFSpec
-from flaxbert.layers import sharding
+from flaxbert.layers import peft, sharding
 from flaxbert.layers.attention import SelfAttention, head_projection
 from flaxbert.layers.config import EncoderConfig
 from flaxbert.layers.embeddings import Embeddings
@@ -129,10 +129,13 @@ class DisentangledAttention(SelfAttention):
 
     def _project(self, name, table):
         """Apply an existing q/k projection (shared with the content stream) to the table."""
-        p = nn.meta.unbox(self.variables["params"][name])
-        dtype = self.config.compute_dtype
-        return jnp.einsum("re,enh->rnh", table.astype(dtype), p["kernel"].astype(dtype)) + \
+        params = nn.meta.unbox(self.variables["params"])
+        p, dtype = params[name], self.config.compute_dtype
+        out = jnp.einsum("re,enh->rnh", table.astype(dtype), p["kernel"].astype(dtype)) + \
             p["bias"].astype(dtype)
+        if f"{name}_lora" in params:  # LoRA changes the projection, so both of its uses
+            out = out + peft.apply_lora_params(self.config, params[f"{name}_lora"], table)
+        return out
 
     def bias(self, query, key, rel_table=None, rel_pos=None):
         cfg = self.config

@@ -24,11 +24,11 @@ from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
 from flaxbert.convert.spec import HFSpec
-from flaxbert.layers import sharding
+from flaxbert.layers import peft, sharding
 from flaxbert.layers.config import EncoderConfig
 from flaxbert.layers.embeddings import _lookup, check_tokens
 from flaxbert.layers.encoder import rematerialised
-from flaxbert.layers.feed_forward import activation, dense, layer_norm
+from flaxbert.layers.feed_forward import activation, layer_norm, projection
 from flaxbert.layers.heads import SummaryClassifier
 from flaxbert.models import base, registry
 from flaxbert.models.outputs import Output
@@ -178,8 +178,15 @@ class XLNetRelativeAttention(nn.Module):
                                         for n in ("r_w_bias", "r_r_bias", "r_s_bias"))
         seg_embed = param("seg_embed", (2,) + shape, ("types", "heads", "kv"))
 
+        # LoRA (config.peft): q serves both streams, k and v memory plus h; r has none.
+        loras = {n: peft.lora(cfg, t, shape, ("embed",), ("heads", "kv"), self.deterministic)
+                 for n, t in (("q", "query"), ("k", "key"), ("v", "value"))}
+        lora_o = peft.lora(cfg, "output", (cfg.hidden_size,), ("heads", "kv"), ("embed",),
+                           self.deterministic)
+
         def heads(x, name):
-            return sharding.constrain(jnp.einsum("bsh,hnd->bsnd", x, w[name]), sharding.HEADS)
+            y = jnp.einsum("bsh,hnd->bsnd", x, w[name]) + loras.get(name, lambda x: 0.0)(x)
+            return sharding.constrain(y, sharding.HEADS)
 
         keys = h if memory is None else jnp.concatenate([memory.astype(dt), h], axis=1)
         k_h, v_h, k_r = heads(keys, "k"), heads(keys, "v"), heads(pos_emb, "r")
@@ -202,7 +209,7 @@ class XLNetRelativeAttention(nn.Module):
             return jnp.einsum("bnij,bjnd->bind", probs, v_h), probs
 
         def out(vec):
-            return jnp.einsum("bind,hnd->bih", vec, w["o"])
+            return jnp.einsum("bind,hnd->bih", vec, w["o"]) + lora_o(vec)
 
         vec_h, probs_h = attend(heads(h, "q"), mask_h)
         if g is None:
@@ -225,8 +232,8 @@ class XLNetFeedForward(nn.Module):
         cfg = self.config
         drop = nn.Dropout(cfg.hidden_dropout_prob, deterministic=self.deterministic)
         x = sharding.constrain(activation(cfg.hidden_act)(
-            dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "wi")(x)), sharding.MLP)
-        return drop(dense(cfg, cfg.hidden_size, ("mlp", "embed"), "wo")(drop(x)))
+            projection(cfg, "mlp_in", x, self.deterministic)), sharding.MLP)
+        return drop(projection(cfg, "mlp_out", drop(x), self.deterministic))
 
 
 class XLNetLayer(nn.Module):
@@ -253,9 +260,13 @@ class XLNetLayer(nn.Module):
         attention_norm, mlp_norm = layer_norm(cfg, "attention_norm"), layer_norm(cfg, "mlp_norm")
         mlp = XLNetFeedForward(cfg, self.deterministic, name="mlp")
 
+        # Adapters (config.peft), like the shared block's: one module, both streams.
+        attention_adapter, mlp_adapter = (
+            peft.adapter(cfg, sublayer) for sublayer in ("attention", "mlp"))
+
         def finish(x, attn):
-            x = attention_norm(x + drop(attn))
-            return sharding.constrain(mlp_norm(x + mlp(x)), sharding.HIDDEN)
+            x = attention_norm(x + attention_adapter(drop(attn)))
+            return sharding.constrain(mlp_norm(x + mlp_adapter(mlp(x))), sharding.HIDDEN)
 
         carry = (finish(h, attn_h), None if g is None else finish(g, attn_g))
         return carry, (new_memory, inputs, probs if self.output_attentions else None)

@@ -71,6 +71,16 @@ def finetune_config(**fields) -> ml_collections.ConfigDict:
     return c
 
 
+def tiny_finetune(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A fine-tuning recipe's `:tiny` switch: 100 steps at 64 tokens, sized for a CPU."""
+    c.task.max_seq_length = 64
+    c.train.num_epochs, c.train.num_steps, c.train.global_batch_size = 0, 100, 16
+    c.train.eval_every, c.train.log_every = 50, 10
+    c.optimizer.learning_rate = 1e-3
+    c.checkpoint.save_every = 50
+    return c
+
+
 def finetune(config: ml_collections.ConfigDict, workdir) -> dict:
     """Run (or resume) a fine-tuning run; returns the last logged metrics."""
     from flaxbert.training.trainer import Trainer
