@@ -71,7 +71,8 @@ class MetricWriter:
                     tf.summary.scalar(k, float(v))
             self.tb.flush()
         shown = {k: metrics[k] for k in ("loss", "mlm_accuracy", "eval_loss", "eval_mlm_accuracy",
-                                         "seq_per_s", "mfu") if k in metrics}
+                                         "eval_accuracy", "eval_f1", "seq_per_s", "mfu")
+                 if k in metrics}
         text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
         if self.bar is not None:
             self.bar.update(step - self._last_step)
