@@ -54,6 +54,13 @@ def finetune_config(**fields) -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 0
     c.optimizer.eps = 1e-8  # transformers' AdamW
     c.optimizer.weight_decay = 0.0
+    # Fine-tuning options (flaxbert.training.optim): layer-wise lr decay (1: off), the head's
+    # peak lr (0: learning_rate), a linear probe (only the head trains), gradual unfreezing of
+    # one more top layer every N steps (0: off).
+    c.optimizer.layer_decay = 1.0
+    c.optimizer.head_learning_rate = 0.0
+    c.optimizer.freeze_encoder = False
+    c.optimizer.unfreeze_every = 0
 
     c.train.num_steps = 1000
     c.train.num_epochs = 0  # > 0: num_steps becomes epochs x training examples / batch

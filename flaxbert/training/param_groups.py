@@ -13,12 +13,15 @@ ALBERT's layers share parameters: each group `group_g_layer_j` is one depth (g +
 usual single-group ALBERT has depths 0 (embeddings), 1 (the shared layer), 2 (head).
 
 Only the tree's paths and shapes are read, so the same functions label boxed (nn.Partitioned)
-trees, plain ones and optimizer updates alike.
+trees, plain ones and optimizer updates alike. A box is one leaf here: the labels of a boxed tree
+are a prefix of it, so optax.masked swaps whole boxes for MaskedNode and the boxed optimizer state
+(from which the trainer takes shardings) unboxes to the plain one's structure.
 """
 from __future__ import annotations
 
 import re
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -27,8 +30,15 @@ _ALBERT = re.compile(r"group_(\d+)_layer_\d+$")
 
 
 def _names(path) -> tuple[str, ...]:
-    # Dict keys only: boxed trees add a `.value` attribute after the parameter's name.
     return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def _is_box(x) -> bool:
+    return isinstance(x, nn.meta.AxisMetadata)
+
+
+def _leaves(tree):
+    return jax.tree_util.tree_leaves_with_path(tree, is_leaf=_is_box)
 
 
 def _layer(names: tuple[str, ...]):
@@ -46,7 +56,7 @@ def _layer(names: tuple[str, ...]):
 def num_layer_depths(tree, field: str = "optimizer") -> tuple[int, bool]:
     """(L, scanned): how many layer depths the tree's stack has (ALBERT: groups) and whether
     the stack is scanned. ValueError, naming `field`, when the tree is not a task model's."""
-    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    leaves = _leaves(tree)
     tops = sorted({_names(p)[0] for p, _ in leaves if _names(p)})
     if "backbone" not in tops:
         raise ValueError(f"{field} needs a task model's parameters ('backbone' and a head); got "
@@ -57,7 +67,7 @@ def num_layer_depths(tree, field: str = "optimizer") -> tuple[int, bool]:
         if names[0] != "backbone" or (found := _layer(names)) is None:
             continue
         if found[0] == "scanned":
-            scanned.add(int(np.shape(leaf)[0]))
+            scanned.add(int(np.shape(leaf.unbox() if _is_box(leaf) else leaf)[0]))
         else:
             indices.add(found[1])
     if not scanned and not indices:
@@ -83,7 +93,7 @@ def depths(tree, field: str = "optimizer") -> tuple[object, int]:
             return 0
         return np.arange(1, num + 1) if found[0] == "scanned" else found[1] + 1
 
-    return jax.tree_util.tree_map_with_path(depth, tree), head
+    return jax.tree_util.tree_map_with_path(depth, tree, is_leaf=_is_box), head
 
 
 def is_head(tree, field: str = "optimizer"):
