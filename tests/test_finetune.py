@@ -184,3 +184,40 @@ def test_every_finetune_recipe_is_a_valid_config(checkpoint, recipe):
     config.model, config.data.train = str(checkpoint), "train.csv"
     check_config(config, source=path)
     assert config.task and config.train.best_metric.startswith("eval_")
+
+
+@pytest.mark.parametrize("peft", ["lora", "houlsby"])
+def test_peft_fine_tuning_trains_only_its_weights_and_exports(checkpoint, tmp_path, peft):
+    """LoRA / adapters through the same trainer: the base weights stay bit-identical; LoRA is
+    merged into a plain transformers export, adapters are saved on their own."""
+    import jax
+
+    import flaxbert.peft
+    from flaxbert.layers.peft import is_peft_path
+    from flaxbert.training.trainer import restore_params
+    _classification_files(tmp_path, np.random.RandomState(4))
+    c = _config(checkpoint, tmp_path, **{"model_overrides.peft": peft, "train.num_steps": 20,
+                                         "train.eval_every": 20, "checkpoint.save_every": 20})
+    finetune(c, tmp_path / "run")
+    _, _, trained = restore_params(tmp_path / "run")
+    _, base = flaxbert.from_pretrained(checkpoint, task="sequence-classification")
+    trained_flat = {"/".join(str(k.key) for k in p): v for p, v in
+                    jax.tree_util.tree_flatten_with_path(trained)[0]}
+    base_flat = {"/".join(str(k.key) for k in p): v for p, v in
+                 jax.tree_util.tree_flatten_with_path(base)[0]}
+    frozen = [k for k in base_flat if k.startswith("backbone/") and "pooler" not in k]
+    assert frozen and all(np.array_equal(base_flat[k], trained_flat[k]) for k in frozen)
+    new = [k for k in trained_flat if is_peft_path(k.split("/"))]
+    assert new and any(np.abs(np.asarray(trained_flat[k])).sum() > 0 for k in new)
+    best = tmp_path / "run" / "export" / "best"
+    if peft == "lora":
+        torch_model = transformers.AutoModelForSequenceClassification.from_pretrained(best).eval()
+        model, params = flaxbert.from_pretrained(best)
+        ids = np.array([[2, 10, 11, 12, 3]])
+        with torch.no_grad():
+            theirs = torch_model(torch.as_tensor(ids)).logits.numpy()
+        np.testing.assert_allclose(np.asarray(model.apply({"params": params}, ids).logits),
+                                   theirs, atol=1e-5)
+    else:
+        model, params = flaxbert.peft.load_peft(best, checkpoint)
+        assert model.config.peft == "houlsby" and (best / "tokenizer.json").is_file()

@@ -28,6 +28,7 @@ from safetensors.numpy import save_file
 
 from flaxbert.io import atomic_directory, copy_files, read_json
 from flaxbert.layers.config import DTYPES, FLAXBERT_FIELDS, EncoderConfig
+from flaxbert.layers.peft import is_peft_path
 from flaxbert.layers.encoder import stack_layers, unstack_layers
 from flaxbert.models import registry
 
@@ -331,6 +332,8 @@ def _leaves(family: registry.Family, abstract_params: dict, base: str,
     flat = dict(_flatten(abstract_params))
     leaves = []
     for path, value in flat.items():
+        if is_peft_path(path):  # LoRA / adapter weights: no transformers name (flaxbert.peft)
+            continue
         if path[-1] not in _LEAF_NAMES:
             # A bare tensor (XLNet's r_w_bias, mask_emb, ...): a rule names the whole path.
             leaves.append(_Leaf(path, value.shape,
@@ -470,15 +473,19 @@ def params_from_tensors(model: nn.Module, tensors, saved_task: str, source: str,
                          f"use: {listing(unexpected)}")
     if unused:
         log.info("not used by the %s head (saved by a %s model): %s", task, saved_task, unused)
-    if missing:
-        log.warning("newly initialised (not in the checkpoint; train them): %s",
-                    [l.hf_key for l in missing])
+    # LoRA / adapter weights are never in a checkpoint: initialised like a new head (as the
+    # identity, so the model computes what the checkpoint does until they train).
+    peft_paths = [p for p, _ in _flatten(abstract_params(_unrolled(model))) if is_peft_path(p)]
+    if missing or peft_paths:
+        if missing:
+            log.warning("newly initialised (not in the checkpoint; train them): %s",
+                        [l.hf_key for l in missing])
         key = jax.random.key(rng) if isinstance(rng, int) else rng
         unrolled = _unrolled(model)
         fresh = jax.jit(lambda k: unrolled.init(k, **unrolled.dummy_inputs()))(key)
         fresh_flat = dict(_flatten(nn.meta.unbox(fresh)["params"]))
-        for leaf in missing:
-            flat[leaf.path] = fresh_flat[leaf.path]
+        for path in [l.path for l in missing] + peft_paths:
+            flat[path] = fresh_flat[path]
     params = _unflatten(flat)
     return stack_layers(params) if config.scan_layers else params
 
@@ -512,6 +519,10 @@ def hf_state_dict(model: nn.Module, params: dict,
                   allow_nonfinite: bool = False) -> dict[str, np.ndarray]:
     """transformers' tensor names -> numpy arrays for these params (checked by check_params)."""
     family = registry.family_of(model.config)
+    if getattr(model.config, "peft", "none") != "none":
+        raise ValueError(f"peft={model.config.peft!r}: transformers has no place for adapter "
+                         "weights; export flaxbert.peft.merge_lora(model, params) (LoRA) or keep "
+                         "them with flaxbert.peft.save_peft")
     check_params(model, params, allow_nonfinite)
     params = nn.meta.unbox(params)
     if model.config.scan_layers:

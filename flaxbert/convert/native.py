@@ -44,9 +44,8 @@ def _saved_model(meta_file: Path) -> nn.Module:
                 raise ValueError(f"{key!r} must be a JSON {'object' if kind is dict else 'string'}"
                                  f", got {meta.get(key)!r:.80}")
         family = registry.family_by_name(meta["family"])
-        fields = dict(meta["config"])
-        if isinstance(fields.get("id2label"), list):
-            fields["id2label"] = tuple(fields["id2label"])
+        # JSON keeps tuples (id2label, lora_targets) as lists.
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
         # replace() names unknown fields; the defaults it starts from are always valid.
         return family.model(meta["task"], family.config_cls().replace(**fields))
     except ValueError as e:

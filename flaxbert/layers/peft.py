@@ -80,13 +80,15 @@ class LoRA(nn.Module):
 
 
 def lora(cfg: EncoderConfig, target: str, features, in_axes, out_axes,
-         deterministic: bool = True):
+         deterministic: bool = True, projection: str | None = None):
     """The LoRA module for projection `target` (a LORA_TARGETS name), or a function returning 0
-    when the config puts none there. Create it once, in the module that owns the projection."""
+    when the config puts none there. Create it once, in the module that owns the projection;
+    `projection` is that projection's flax name where it is not the shared one (XLNet's q, k, v,
+    o): `merge_lora` folds `<projection>_lora` into it."""
     if cfg.peft != "lora" or target not in cfg.lora_targets:
         return lambda x: 0.0
     return LoRA(cfg, tuple(features), tuple(in_axes), tuple(out_axes), deterministic,
-                name=f"{LORA_MODULES[target]}_lora")
+                name=f"{projection or LORA_MODULES[target]}_lora")
 
 
 class Adapter(nn.Module):

@@ -179,10 +179,10 @@ class XLNetRelativeAttention(nn.Module):
         seg_embed = param("seg_embed", (2,) + shape, ("types", "heads", "kv"))
 
         # LoRA (config.peft): q serves both streams, k and v memory plus h; r has none.
-        loras = {n: peft.lora(cfg, t, shape, ("embed",), ("heads", "kv"), self.deterministic)
+        loras = {n: peft.lora(cfg, t, shape, ("embed",), ("heads", "kv"), self.deterministic, n)
                  for n, t in (("q", "query"), ("k", "key"), ("v", "value"))}
         lora_o = peft.lora(cfg, "output", (cfg.hidden_size,), ("heads", "kv"), ("embed",),
-                           self.deterministic)
+                           self.deterministic, "o")
 
         def heads(x, name):
             y = jnp.einsum("bsh,hnd->bsnd", x, w[name]) + loras.get(name, lambda x: 0.0)(x)

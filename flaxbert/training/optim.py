@@ -118,7 +118,7 @@ def decay_mask(params) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(cfg: Mapping[str, Any], total_steps: int, params=None
+def make_optimizer(cfg: Mapping[str, Any], total_steps: int, params=None, model_config=None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(clip -> AdamW | LAMB with masked decay [-> fine-tuning options], wrapped in
     apply_if_finite), and its schedule. `params` (any tree with the parameters' paths and shapes:
@@ -155,7 +155,12 @@ def make_optimizer(cfg: Mapping[str, Any], total_steps: int, params=None
             chain = [*chain, update]
     if decay != 1 or head_lr:
         chain.append(_scale_by_depth(cfg))
-    return optax.apply_if_finite(optax.chain(*chain), _NEVER), schedule
+    tx = optax.chain(*chain)
+    if getattr(model_config, "peft", "none") != "none":
+        # Adapters / LoRA: only they and the head train; the base gets no update and no state.
+        from flaxbert.peft import freeze
+        tx = freeze(tx, model_config)
+    return optax.apply_if_finite(tx, _NEVER), schedule
 
 
 def _field(cfg) -> str:

@@ -397,9 +397,8 @@ _TASK_OF = {"classification": "sequence-classification",
 
 def _config_from_dict(saved: dict):
     family = registry.family_by_name(saved["family"])
-    fields = dict(saved["config"])
-    if fields.get("id2label") is not None:
-        fields["id2label"] = tuple(fields["id2label"])
+    # JSON keeps tuples (id2label, lora_targets) as lists.
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["config"].items()}
     return family.config_cls(**fields)
 
 

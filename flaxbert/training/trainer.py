@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from flaxbert.io import atomic_directory, atomic_file, read_json
+from flaxbert.io import atomic_directory, atomic_file, copy_files, read_json
 from flaxbert.layers.sharding import LOGICAL_AXIS_RULES, logical_shardings, make_mesh
 from flaxbert.training.checkpoint import Checkpoints
 from flaxbert.training.config import check_config
@@ -86,7 +86,8 @@ class Trainer:
             raise ValueError(f"the microbatch ({config.train.global_batch_size} / "
                              f"{config.train.num_microbatches} = {micro}) must divide over the "
                              f"{batch_shards} data x fsdp shards of the mesh")
-        self.tx, self.schedule = make_optimizer(config.optimizer, config.train.num_steps)
+        self.tx, self.schedule = make_optimizer(config.optimizer, config.train.num_steps,
+                                                model_config=self.model_config)
 
         example = self.example_batch()
         self._abstract_boxed = jax.eval_shape(self._init_boxed, jax.random.PRNGKey(0), example)
@@ -116,20 +117,22 @@ class Trainer:
 
     def init_state(self) -> TrainState:
         rng = jax.random.PRNGKey(self.config.train.seed)
-        example = self.example_batch()
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            boxed = jax.jit(self._init_boxed, out_shardings=self.state_shardings)(rng, example)
-        state = nn.meta.unbox(boxed)
         initial = getattr(self.data, "initial_params", None)  # a fine-tuned checkpoint's
-        if initial is not None:
-            state = state.replace(params=self._checked_params(initial, state.params,
-                                                              self.config.model))
-        if self.config.get("init_from"):
-            state = state.replace(params=self._params_from(self.config.init_from, state.params))
-        if initial is not None or self.config.get("init_from"):
-            state = state.replace(opt_state=jax.jit(
-                self.tx.init, out_shardings=self.state_shardings.opt_state)(state.params))
-        return state
+        if initial is None and not self.config.get("init_from"):
+            with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+                boxed = jax.jit(self._init_boxed, out_shardings=self.state_shardings)(
+                    rng, self.example_batch())
+            return nn.meta.unbox(boxed)
+        # Weights from a checkpoint: compiling a random init only to discard it would cost more
+        # than the rest of a small CPU fine-tuning run.
+        like, shardings = self.abstract_state().params, self.state_shardings
+        params = (self._params_from(self.config.init_from, like) if self.config.get("init_from")
+                  else self._checked_params(initial, like, self.config.model))
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            opt_state = jax.jit(self.tx.init, out_shardings=shardings.opt_state)(params)
+        return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
+                          params=params, opt_state=opt_state,
+                          rng=jax.device_put(rng, shardings.rng))
 
     def _params_from(self, path: str, like) -> Any:
         import flaxbert
@@ -396,6 +399,7 @@ class Trainer:
         tokenizer. `directory` appears complete or not at all (ELECTRA's generator and
         discriminator together); an existing one is refused unless `overwrite`."""
         import flaxbert
+        import flaxbert.peft
         tokenizer_dir = Path(self.data.tokenizer_dir or "")
         extra = [tokenizer_dir / name for name in TOKENIZER_FILES
                  if (tokenizer_dir / name).is_file()]
@@ -403,8 +407,15 @@ class Trainer:
         parts = self.objective.export(params)
         with atomic_directory(directory, overwrite) as tmp:
             for sub, module, part in parts:
-                flaxbert.save_pretrained(tmp / sub if sub else tmp, module, part, format="hf",
-                                         overwrite=True, extra_files=extra)
+                out = tmp / sub if sub else tmp
+                if module.config.peft == "lora":  # folded in: a plain transformers model
+                    module, part = flaxbert.peft.merge_lora(module, part)
+                elif module.config.peft != "none":  # adapters have no transformers form
+                    flaxbert.peft.save_peft(out, module, part)
+                    copy_files(extra, out)
+                    continue
+                flaxbert.save_pretrained(out, module, part, format="hf", overwrite=True,
+                                         extra_files=extra)
         return [Path(directory) / sub if sub else Path(directory) for sub, _, _ in parts]
 
 
