@@ -147,7 +147,6 @@ def test_cli_finetune_evaluate_and_predict(checkpoint, tmp_path, capsys):
                  f"--config.data.train={tmp_path / 'train.tsv'}",
                  f"--config.data.validation={tmp_path / 'dev.tsv'}",
                  "--config.task.max_seq_length=32", "--config.train.progress_bar=False",
-                 "--config.train.num_steps=60", "--config.train.eval_every=30",
                  "--config.export.at_end=False", "--config.checkpoint.async_save=False"]) == 0
     assert "best model" in capsys.readouterr().out
     best = workdir / "export" / "best"
@@ -186,6 +185,7 @@ def test_every_finetune_recipe_is_a_valid_config(checkpoint, recipe):
     assert config.task and config.train.best_metric.startswith("eval_")
 
 
+@pytest.mark.slow  # two more fine-tuning runs (~1 min each here); test_peft covers the layers
 @pytest.mark.parametrize("peft", ["lora", "houlsby"])
 def test_peft_fine_tuning_trains_only_its_weights_and_exports(checkpoint, tmp_path, peft):
     """LoRA / adapters through the same trainer: the base weights stay bit-identical; LoRA is

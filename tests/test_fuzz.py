@@ -188,7 +188,7 @@ def _leftovers(parent: Path, name: str):
     return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{name}."))
 
 
-@pytest.mark.parametrize("to", ["hf", "flax"])
+@pytest.mark.parametrize("to", ["hf", pytest.param("flax", marks=pytest.mark.slow)])
 def test_convert_killed_anywhere_leaves_nothing_half_written(checkpoint, tmp_path, to):
     """kill -9 at random moments of `flaxbert convert`: the destination is absent or complete
     after each, and the next full run removes what the killed ones left."""
