@@ -219,21 +219,16 @@ def _predict(args) -> None:
 
 
 def add_training_parsers(commands) -> None:
-    pretrain = commands.add_parser(
-        "pretrain", help="pre-train a model (config file + workdir; resumes automatically)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        add_help=False, prefix_chars="\0")
-    pretrain.add_argument("flags", nargs=argparse.REMAINDER,
-                          help="--config FILE[:arg] --workdir DIR [--config.field=value ...]")
-    pretrain.set_defaults(run=_pretrain)
-
-    finetune = commands.add_parser(
-        "finetune", help="fine-tune a checkpoint on a labelled task (configs/finetune_*.py)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        add_help=False, prefix_chars="\0")
-    finetune.add_argument("flags", nargs=argparse.REMAINDER,
-                          help="--config FILE[:arg] --workdir DIR [--config.field=value ...]")
-    finetune.set_defaults(run=_pretrain)
+    for name, help_text in (
+            ("pretrain", "pre-train a model (config file + workdir; resumes automatically)"),
+            ("finetune", "fine-tune a checkpoint on a labelled task (configs/finetune_*.py)")):
+        command = commands.add_parser(
+            name, help=help_text, description=__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False,
+            prefix_chars="\0")
+        command.add_argument("flags", nargs=argparse.REMAINDER,
+                             help="--config FILE[:arg] --workdir DIR [--config.field=value ...]")
+        command.set_defaults(run=_pretrain)  # one runner: the config says which kind of run
 
     evaluate = commands.add_parser(
         "evaluate", help="a fine-tuned directory's task metrics on a labelled file (JSON)")
