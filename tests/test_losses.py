@@ -67,7 +67,7 @@ def test_mlm_plus_pair_loss_matches_transformers_pretraining(cls, prefix, label_
     pair, pair_metrics = sentence_pair_loss(getattr(out, output).numpy(), pair_label,
                                                    prefix)
     assert abs(float(mlm + pair) - out.loss.item()) < TOL
-    assert set(mlm_metrics) == {"mlm_loss", "mlm_accuracy"}
+    assert set(mlm_metrics) == {"mlm_loss", "mlm_accuracy", "mlm_tokens"}
     assert set(pair_metrics) == {f"{prefix}_loss", f"{prefix}_accuracy"}
     pair_ref = F.cross_entropy(getattr(out, output), torch.tensor(pair_label)).item()
     assert abs(float(pair_metrics[f"{prefix}_loss"]) - pair_ref) < TOL

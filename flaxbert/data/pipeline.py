@@ -26,7 +26,8 @@ masked_positions, masked_ids (int32 [b, P]) and masked_weights (float32 [b, P]);
 data pair_label (int32 [b]). Rows are padded on the right to the manifest's max_seq_length.
 
 Evaluation (`make_eval_dataset`, or `evaluation=True`) reads the split once, in order, every
-record exactly once, with fixed masks; the last batch is filled with padding rows (the pad
+record exactly once, with fixed masks keyed by (seed, process index, record index), so the
+same whatever the batch size; the last batch is filled with padding rows (the pad
 token, attended at position 0, pair_label 0) and every host gets as many batches as the host
 with the most records, since each evaluation step is a collective. Its batches add
 example_weights (float32 [b]: 1 for records, 0 for padding; padding's masked_weights are 0).
@@ -201,12 +202,18 @@ def make_dataset(data_dirs, split="train", *, global_batch_size, masking: Maskin
     else:
         total = (stream.per_epoch - start) // size if drop_remainder else \
             -(-(stream.per_epoch - start) // size)
-    ds = ds.batch(size, drop_remainder=drop_remainder)
+    if evaluation:
+        # Masked record by record, keyed by the record's place in the split, so that an
+        # evaluation's masks (and so its metrics) do not depend on the batch size.
+        ds = ds.enumerate(start).map(
+            lambda i, row: finish(i, row[0][None], row[1][None]),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+        ds = ds.batch(size, drop_remainder=drop_remainder)
+    else:
+        ds = ds.batch(size, drop_remainder=drop_remainder).enumerate(start_batch)
+        ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if not repeat:
         ds = ds.apply(tf.data.experimental.assert_cardinality(max(total, 0)))
-    ds = ds.enumerate(start_batch)
-    ds = ds.map(lambda i, batch: finish(i, *batch) if evaluation else finish(i, batch),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
@@ -221,7 +228,8 @@ def _tables(tokenizer_dir, special_ids):
 
 
 def _finisher(info, masking, seed, process_index, length, pad_id, has_label):
-    """The per-batch function: parse, pad, and mask (batch_index, serialized) -> dict."""
+    """The per-batch function: parse, pad, and mask (index, serialized[, weights]) -> dict,
+    the masks keyed by the batch's index (the record's, when evaluation masks one at a time)."""
     features = {"input_ids": tf.io.RaggedFeature(tf.int64),
                 "token_type_ids": tf.io.RaggedFeature(tf.int64)}
     if has_label:

@@ -66,9 +66,11 @@ def masked_lm_loss(logits, masked_ids, masked_weights, *, label_smoothing: float
 
     logits (B, P, V) decoded at the masked positions, masked_ids (B, P) the original ids there,
     masked_weights (B, P) 1 for a real prediction and 0 for a padding slot. Returns the weighted
-    mean and {"mlm_loss", "mlm_accuracy"}."""
+    mean and {"mlm_loss", "mlm_accuracy", "mlm_tokens"}, the last the number of predictions
+    averaged (what an evaluation weights this batch's mlm_loss and mlm_accuracy by)."""
     loss, accuracy = token_cross_entropy(logits, masked_ids, masked_weights, label_smoothing)
-    return loss, {"mlm_loss": loss, "mlm_accuracy": accuracy}
+    tokens = jnp.sum(masked_weights).astype(jnp.float32)
+    return loss, {"mlm_loss": loss, "mlm_accuracy": accuracy, "mlm_tokens": tokens}
 
 
 def sentence_pair_loss(logits, labels, prefix: str, weights=None) -> tuple[jnp.ndarray, Metrics]:

@@ -226,7 +226,9 @@ class Trainer:
     def evaluate(self, params) -> dict | None:
         """Metrics over every evaluation pass of the data (the validation split(s), read once
         in order, the last batch padded with rows of weight 0): the step's metrics averaged
-        over the real rows, plus the data's own metrics of the outputs (a task's accuracy, F1,
+        over the real rows (a `<p>_loss` / `<p>_accuracy` that comes with a `<p>_tokens` count,
+        such as mlm_loss, over those tokens instead, so that it is the split's per-token mean
+        whatever the batch size; the counts are summed), plus the data's own metrics of the outputs (a task's accuracy, F1,
         ...). The first `train.eval_batches` batches only when that is > 0; None when it is 0
         or there is nothing to evaluate."""
         limit = self.config.train.eval_batches
@@ -234,20 +236,24 @@ class Trainer:
             return None
         result = {}
         for prefix, batches in self.data.eval_passes():
-            totals, rows, outputs = {}, 0.0, []
+            totals, counts, rows, outputs = {}, {}, 0.0, []
             for n, batch in enumerate(batches):
                 if n == limit:
                     break
                 metrics, out = jax.device_get(self.eval_step(params, batch))
                 weight = float(metrics.pop("rows"))
                 for k, v in metrics.items():
-                    totals[k] = totals.get(k, 0.0) + weight * float(v)
+                    totals[k] = totals.get(k, 0.0) + _eval_weight(k, metrics, weight) * float(v)
+                    if k.endswith("_tokens"):
+                        counts[k] = counts.get(k, 0.0) + float(v)
                 rows += weight
                 if out:
                     real = np.asarray(batch["example_weights"]) > 0
                     outputs.append({k: np.asarray(v)[real] for k, v in out.items()})
             if rows:
-                result.update({f"{prefix}{k}": v / rows for k, v in totals.items()})
+                result.update({f"{prefix}{k}": v / _eval_denominator(k, counts, rows)
+                               for k, v in totals.items() if not k.endswith("_tokens")})
+                result.update({f"{prefix}{k}": v for k, v in counts.items()})
                 result.update({f"{prefix}{k}": float(v)
                                for k, v in self.data.outputs_metrics(outputs).items()} if outputs
                               else {})
@@ -454,3 +460,18 @@ def restore_params(workdir: str | Path, step: int | None = None):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("use `flaxbert pretrain`")
+
+
+def _token_count(key: str) -> str:
+    """The `<p>_tokens` count a `<p>_loss` / `<p>_accuracy` metric is averaged over."""
+    return key.rsplit("_", 1)[0] + "_tokens"
+
+
+def _eval_weight(key, metrics, rows):
+    count = _token_count(key)
+    return float(metrics[count]) if count in metrics and count != key else rows
+
+
+def _eval_denominator(key, counts, rows):
+    count = _token_count(key)
+    return (counts[count] or rows) if count in counts and count != key else rows
