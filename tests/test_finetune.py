@@ -221,3 +221,52 @@ def test_peft_fine_tuning_trains_only_its_weights_and_exports(checkpoint, tmp_pa
     else:
         model, params = flaxbert.peft.load_peft(best, checkpoint)
         assert model.config.peft == "houlsby" and (best / "tokenizer.json").is_file()
+
+
+def test_early_stopping_ends_the_run_and_a_rerun_trains_no_further(checkpoint, tmp_path):
+    """With a learning rate too small to change any prediction, the first evaluation stays the
+    best: patience 2 stops the run at the third evaluation, keeps the first one's export as
+    best, and running the same workdir again trains no further step."""
+    _classification_files(tmp_path, np.random.RandomState(5))
+    c = _config(checkpoint, tmp_path, **{"train.num_steps": 100, "train.eval_every": 10,
+                                         "train.log_every": 10, "checkpoint.save_every": 10,
+                                         "train.early_stopping_patience": 2,
+                                         "optimizer.learning_rate": 1e-12,
+                                         "optimizer.warmup_steps": 0})
+    workdir = tmp_path / "run"
+    finetune(c, workdir)
+    rows = [json.loads(ln) for ln in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval_accuracy" in r] == [10, 20, 30]
+    assert max(r["step"] for r in rows) == 30
+    assert (workdir / "export" / "best" / "config.json").exists()
+    finetune(c, workdir)  # the stopped run is finished
+    again = [json.loads(ln) for ln in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in again) == 30
+
+
+def test_seeded_fine_tuning_is_reproducible_and_a_resume_is_bit_identical(checkpoint, tmp_path):
+    """The same config twice gives the same weights bit for bit; a run stopped at step 10 and
+    resumed from its checkpoint to step 20 ends with the same weights as one run of 20 steps
+    (dropout on, so the rng stream has to resume too)."""
+    import jax
+
+    from flaxbert.training.trainer import restore_params
+    _classification_files(tmp_path, np.random.RandomState(6))
+    fields = {"train.num_steps": 20, "train.eval_every": 0, "train.log_every": 10,
+              "checkpoint.save_every": 10, "train.best_metric": "",
+              "model_overrides.hidden_dropout_prob": 0.1}
+    results = {}
+    for name in ("a", "b"):
+        finetune(_config(checkpoint, tmp_path, **fields), tmp_path / name)
+        results[name] = restore_params(tmp_path / name)[2]
+    finetune(_config(checkpoint, tmp_path, **{**fields, "train.num_steps": 10}), tmp_path / "c")
+    finetune(_config(checkpoint, tmp_path, **fields), tmp_path / "c")  # resumes at step 10
+    results["c"] = restore_params(tmp_path / "c")[2]
+    leaves = {k: jax.tree_util.tree_leaves(v) for k, v in results.items()}
+    for name in ("b", "c"):
+        assert len(leaves[name]) == len(leaves["a"])
+        for x, y in zip(leaves["a"], leaves[name]):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=name)
+    logged = [json.loads(ln) for ln in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    reference = [json.loads(ln) for ln in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in logged if "loss" in r] == [r["loss"] for r in reference if "loss" in r]
