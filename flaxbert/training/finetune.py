@@ -30,6 +30,7 @@ def finetune_config(**fields) -> ml_collections.ConfigDict:
     c = default_config()
     c.model = ""  # a transformers / flaxbert checkpoint directory (or a registered name: random)
     c.objective = "classification"  # | "token_classification" | "multiple_choice"
+    #                                   | "question_answering"
     c.vocab_from_data = False
 
     c.task = ml_collections.ConfigDict()
@@ -46,6 +47,18 @@ def finetune_config(**fields) -> ml_collections.ConfigDict:
     c.task.pack = False  # several short examples per row (flaxbert.packing)
     c.task.tokenizer = ""  # default: the checkpoint directory's tokenizer
     c.task.metrics = ()  # beyond GLUE's own: names from flaxbert.tasks.metrics.METRICS
+    # Question answering (objective="question_answering"), as transformers' run_qa: windows of
+    # max_seq_length sharing doc_stride tokens, questions cut to max_query_length tokens, answers
+    # of at most max_answer_length tokens chosen from the n_best_size best starts and ends;
+    # version_2 (SQuAD v2.0) lets the null answer win by null_score_diff_threshold. Answers whose
+    # text is not at their answer_start: "skip" (counted and reported), "keep" or "error".
+    c.task.doc_stride = 128
+    c.task.max_query_length = 64
+    c.task.max_answer_length = 30
+    c.task.n_best_size = 20
+    c.task.version_2 = False
+    c.task.null_score_diff_threshold = 0.0
+    c.task.on_mismatch = "skip"
 
     c.data.validation = ""  # comma-separated for several evaluation sets (MNLI m / mm)
     c.data.masking = False

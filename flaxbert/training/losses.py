@@ -20,6 +20,10 @@ from flaxbert.models.permutation import IGNORE
 Metrics = dict[str, jnp.ndarray]
 
 
+# Logits of positions that cannot be chosen (padding): far below any real logit, but finite, so
+# a softmax gives them 0 and sums over them stay finite.
+MASKED_LOGIT = -1e9
+
 def _f32(x):
     return jnp.asarray(x).astype(jnp.float32)
 

@@ -611,9 +611,51 @@ class MultipleChoice(TaskObjective):
     task = "multiple-choice"
 
 
+class QuestionAnswering(TaskObjective):
+    """Extractive QA: the mean of the start and end cross entropies, as transformers'
+    `<Family>ForQuestionAnswering` computes them; labels (batch, 2) hold the start and end
+    token of the answer (the window's CLS when it has none). Unlike transformers, padding
+    positions are left out of the softmax, so a window's loss does not depend on the bucket it
+    is padded to."""
+
+    name = "question_answering"
+    task = "question-answering"
+
+    def build_model(self):
+        if self.settings["label_smoothing"]:
+            raise ValueError("objective_settings.label_smoothing: question answering has no "
+                             "label smoothing (its softmax is over token positions)")
+        return super().build_model()
+
+    def logits(self, params, batch, rng=None, deterministic=True):
+        out = self.apply(self.model, params, self.tokens(batch), rng, deterministic)
+        logits = jnp.stack([out.start_logits, out.end_logits], axis=1)  # (batch, 2, length)
+        keep = batch["attention_mask"][:, None, :].astype(bool)
+        return jnp.where(keep, logits.astype(jnp.float32), losses.MASKED_LOGIT)
+
+    def check_batch(self, batch):
+        missing = [k for k in self.required_keys() if k not in batch]
+        if missing:
+            raise ValueError(f"objective {self.name!r} needs batch key(s) {missing}; the batch "
+                             f"has {sorted(batch)}")
+        shape = jnp.shape(batch["input_ids"])
+        if len(shape) != 2 or jnp.shape(batch["labels"]) != (shape[0], 2):
+            raise ValueError(f"objective {self.name!r}: input_ids (batch, length) and labels "
+                             f"(batch, 2) expected, got {shape} and {jnp.shape(batch['labels'])}")
+
+    def label_weights(self, batch):
+        return jnp.broadcast_to(self.row_weights(batch)[:, None], batch["labels"].shape)
+
+    def evaluate(self, params, batch, frozen=None):
+        loss, metrics, outputs = super().evaluate(params, batch, frozen)
+        return loss, metrics, {"logits": outputs["logits"],
+                               "attention_mask": batch["attention_mask"]}
+
+
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (
     MaskedLM, MaskedLMNextSentence, MaskedLMSentenceOrder, ReplacedTokenDetection, Distillation,
-    PermutationLM, SequenceClassification, TokenClassification, MultipleChoice)}
+    PermutationLM, SequenceClassification, TokenClassification, MultipleChoice,
+    QuestionAnswering)}
 
 
 def get_objective(name: str, model_config: EncoderConfig,

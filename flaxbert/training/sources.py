@@ -354,8 +354,8 @@ class TaskData:
 
     def eval_passes(self):
         prefix = "eval_" if len(self.eval_sets) <= 1 else None
-        return [(prefix or f"eval_{name}_", _without_bookkeeping(
-            self._batches(features, train=False))) for name, features in self.eval_sets]
+        return [(prefix or f"eval_{name}_", self._batches(features, train=False))
+                for name, features in self.eval_sets]
 
     def outputs_metrics(self, outputs: list[dict]) -> dict:
         """The task's metrics on an evaluation pass's (logits, labels) rows."""
@@ -392,7 +392,8 @@ def json_field(file: Path, name: str):
 
 
 _TASK_OF = {"classification": "sequence-classification",
-            "token_classification": "token-classification", "multiple_choice": "multiple-choice"}
+            "token_classification": "token-classification", "multiple_choice": "multiple-choice",
+            "question_answering": "question-answering"}
 
 
 def _config_from_dict(saved: dict):
@@ -402,14 +403,11 @@ def _config_from_dict(saved: dict):
     return family.config_cls(**fields)
 
 
-def _without_bookkeeping(batches):
-    """Task batches without the keys only the data side reads (example_index)."""
-    for batch in batches:
-        yield {k: v for k, v in batch.items() if k != "example_index"}
-
-
 def data_source(config, manifest: dict | None = None, description: dict | None = None):
     """The source for `config`: a task when it has a `task` block, else pre-training data."""
+    if "task" in config and config.objective == "question_answering":
+        from flaxbert.training.qa_source import QuestionAnsweringData
+        return QuestionAnsweringData(config, description)
     if "task" in config:
         return TaskData(config, description)
     if description is not None:

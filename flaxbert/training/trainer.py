@@ -240,6 +240,8 @@ class Trainer:
             for n, batch in enumerate(batches):
                 if n == limit:
                     break
+                batch = dict(batch)
+                index = batch.pop("example_index", None)  # for the data side, not the step
                 metrics, out = jax.device_get(self.eval_step(params, batch))
                 weight = float(metrics.pop("rows"))
                 for k, v in metrics.items():
@@ -249,7 +251,10 @@ class Trainer:
                 rows += weight
                 if out:
                     real = np.asarray(batch["example_weights"]) > 0
-                    outputs.append({k: np.asarray(v)[real] for k, v in out.items()})
+                    row = {k: np.asarray(v)[real] for k, v in out.items()}
+                    if index is not None:  # which feature each output row holds
+                        row["example_index"] = np.asarray(index)[real]
+                    outputs.append(row)
             if rows:
                 result.update({f"{prefix}{k}": v / _eval_denominator(k, counts, rows)
                                for k, v in totals.items() if not k.endswith("_tokens")})
