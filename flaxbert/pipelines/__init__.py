@@ -3,9 +3,9 @@
     fill = flaxbert.pipelines.pipeline("fill-mask", "path/to/bert")
     fill("Paris is the [MASK] of France.", top_k=3)
 
-Tasks: fill-mask, text-classification, token-classification, multiple-choice,
-feature-extraction, sentence-embedding. Every pipeline takes one input or a list and runs them
-through the length-bucketed engine, so a stream compiles once per bucket.
+Tasks: fill-mask, text-classification, token-classification, question-answering,
+multiple-choice, feature-extraction, sentence-embedding. Every pipeline takes one input or a
+list and runs them through the length-bucketed engine, so a stream compiles once per bucket.
 """
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from flaxbert.pipelines.base import Pipeline, TaskEngine
 from flaxbert.pipelines.features import FeatureExtractionPipeline, SentenceEmbeddingPipeline
 from flaxbert.pipelines.fill_mask import FillMaskPipeline
 from flaxbert.pipelines.multiple_choice import MultipleChoicePipeline
+from flaxbert.pipelines.question_answering import QuestionAnsweringPipeline
 from flaxbert.pipelines.text_classification import TextClassificationPipeline
 from flaxbert.pipelines.token_classification import TokenClassificationPipeline
 
 PIPELINES = {cls.task: cls for cls in (
     FillMaskPipeline, TextClassificationPipeline, TokenClassificationPipeline,
-    MultipleChoicePipeline, FeatureExtractionPipeline, SentenceEmbeddingPipeline)}
+    QuestionAnsweringPipeline, MultipleChoicePipeline, FeatureExtractionPipeline,
+    SentenceEmbeddingPipeline)}
 ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification",
            "embeddings": "sentence-embedding", "sentence-embeddings": "sentence-embedding"}
 

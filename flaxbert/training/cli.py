@@ -8,6 +8,8 @@
     flaxbert evaluate MODEL_DIR --data dev.tsv --objective classification [--glue sst2] \
         --output metrics.json
     flaxbert predict MODEL_DIR --data test.tsv --task text-classification --output preds.jsonl
+    flaxbert evaluate QA_DIR --data dev-v2.0.json --objective question_answering --version-2
+    flaxbert predict QA_DIR --data dev-v1.1.json --task question-answering --output answers.jsonl
 
 `--config` takes an ml_collections config file (optionally `file.py:argument`) and any field can be
 overridden with `--config.<field>=<value>`; ml_collections parses these and checks their types.
@@ -169,6 +171,8 @@ def _task_config(args):
     c.task.glue = args.glue or ""
     c.task.max_seq_length = args.max_seq_length
     c.train.global_batch_size = args.batch_size
+    c.task.doc_stride, c.task.version_2 = args.doc_stride, args.version_2
+    c.task.max_query_length = args.max_query_length
     return c
 
 
@@ -205,6 +209,17 @@ def _predict(args) -> None:
     if args.task in ("token-classification", "ner"):
         inputs = [" ".join(e["words"]) for e in readers.read_token_examples(
             args.data, require_labels=False)]
+    elif args.task == "question-answering":
+        from flaxbert.tasks.qa import read_squad
+        examples = read_squad(args.data, split="test", on_mismatch="keep",
+                              require_answers=False)
+        inputs = [{"question": e["question"], "context": e["context"]} for e in examples]
+        answers = run(inputs, handle_impossible_answer=args.version_2)
+        outputs = [{"id": e["id"], **a} for e, a in zip(examples, answers)]
+        with atomic_file(args.output, args.overwrite) as tmp:
+            tmp.write_text("".join(json.dumps(o, default=float) + "\n" for o in outputs))
+        print(f"wrote {len(outputs)} answers to {args.output}")
+        return
     elif args.task == "multiple-choice":
         inputs = [{"text": e["text"], "choices": e["choices"]} for e in
                   readers.read_choice_examples(args.data, require_labels=False)]
@@ -240,15 +255,22 @@ def add_training_parsers(commands) -> None:
                        help="CSV / TSV / JSON(L) / CoNLL file, tfds:NAME:SPLIT or hf:NAME")
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+        p.add_argument("--version-2", action="store_true",
+                       help="question answering: questions may have no answer (SQuAD v2.0)")
     evaluate.add_argument("--objective", default="classification",
-                          choices=("classification", "token_classification", "multiple_choice"))
+                          choices=("classification", "token_classification", "multiple_choice",
+                                   "question_answering"))
+    evaluate.add_argument("--doc-stride", type=int, default=128,
+                          help="question answering: tokens shared by consecutive windows")
+    evaluate.add_argument("--max-query-length", type=int, default=64,
+                          help="question answering: longer questions are cut to this")
     evaluate.add_argument("--glue", default="", help="a GLUE task name: its columns and metrics")
     evaluate.add_argument("--max-seq-length", type=int, default=128)
     evaluate.add_argument("--output", default="", help="metrics JSON (default: print them)")
     evaluate.set_defaults(run=_evaluate)
     predict.add_argument("--task", default="text-classification",
                          choices=("text-classification", "token-classification",
-                                  "multiple-choice"))
+                                  "multiple-choice", "question-answering"))
     predict.add_argument("--output", required=True, help="predictions, one JSON line each")
     predict.set_defaults(run=_predict)
 
