@@ -175,7 +175,8 @@ def test_cli_finetune_evaluate_and_predict(checkpoint, tmp_path, capsys):
 @pytest.mark.parametrize("recipe", ["finetune_glue.py:mnli", "finetune_glue.py:stsb,tiny",
                                     "finetune_glue.py:tiny", "finetune_ner.py",
                                     "finetune_ner.py:tiny", "finetune_swag.py",
-                                    "finetune_swag.py:tiny"])
+                                    "finetune_swag.py:tiny", "finetune_squad.py",
+                                    "finetune_squad.py:v2", "finetune_squad.py:v2,tiny"])
 def test_every_finetune_recipe_is_a_valid_config(checkpoint, recipe):
     from flaxbert.training.cli import _load_config
     from flaxbert.training.config import check_config

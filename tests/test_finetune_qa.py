@@ -166,3 +166,42 @@ def test_cli_evaluate_and_predict_on_the_export(trained, tmp_path):
     assert [a["id"] for a in answers] == [e["id"] for e in examples]
     scores = squad_metrics(examples, {a["id"]: a["answer"] for a in answers})
     assert scores["f1"] >= 85.0, scores
+
+
+@pytest.mark.parametrize("kind,style", [("wordpiece", None), ("sentencepiece", "xlnet")])
+def test_span_labels_point_at_the_answer_in_padded_rows(kind, style, tmp_path):
+    """Batches' (start, end) labels index the answer's tokens in the padded row, also where the
+    tokenizer pads on the left (XLNet) and the labels must move with the padding."""
+    from flaxbert.tasks.batching import TaskBatches
+    from flaxbert.tasks.qa import encode_qa, read_squad
+    from flaxbert.tokenizer import Tokenizer
+    from flaxbert.tokenizer_training import train_tokenizer
+    from flaxbert.training.qa_source import _SpanBatches
+    rs = np.random.RandomState(5)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rs.choice(WORDS + LONG + [MARKER], 10))
+                                for _ in range(200)) + "\n" + QUESTION + "\n")
+    train_tokenizer([corpus], tmp_path / "tok", kind, 120, style=style, min_frequency=1)
+    tokenizer = Tokenizer.from_pretrained(tmp_path / "tok")
+    assert tokenizer.padding_side == ("left" if style == "xlnet" else "right")
+    examples = read_squad(str(squad_file(tmp_path / "d.json", 30, rs, impossible=0.0)))
+    features, windows = encode_qa(examples, tokenizer, max_seq_length=64, doc_stride=16,
+                                  max_query_length=16)
+    batches = _SpanBatches(TaskBatches(features, 8, max_length=64, pad_id=0, buckets=(48, 64),
+                                       padding_side=tokenizer.padding_side, shuffle=False,
+                                       repeat=False), features,
+                           left=tokenizer.padding_side == "left")
+    checked = 0
+    for batch in batches:
+        for row, index, (start, end) in zip(batch["input_ids"], batch["example_index"],
+                                            batch["labels"]):
+            if index < 0 or start == end == 0 or row[start] == tokenizer.cls_token_id:
+                continue
+            window, example = windows[index], examples[windows[index].example_index]
+            shift = len(row) - len(features[index]["input_ids"]) if style == "xlnet" else 0
+            span = example["context"][window.offsets[start - shift][0]:
+                                      window.offsets[end - shift][1]]
+            assert span.strip(" ,") == example["answers"]["text"][0]
+            assert row[start] == features[index]["input_ids"][features[index]["start_positions"]]
+            checked += 1
+    assert checked >= 25
