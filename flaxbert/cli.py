@@ -25,6 +25,15 @@ def _convert(args) -> None:
           f"{flaxbert.count_params(params):,} parameters) to {args.dst}")
 
 
+def _extend_positions(args) -> None:
+    from flaxbert.convert import extend_position_embeddings
+    extend_position_embeddings(args.src, args.dst, max_positions=args.max_positions,
+                               attention_window=args.attention_window, overwrite=args.overwrite,
+                               format=args.to)
+    print(f"wrote {args.dst}: {args.max_positions} positions, sparse attention with a window of "
+          f"{args.attention_window} tokens on either side")
+
+
 def _models(args) -> None:
     import flaxbert
     from flaxbert.models import registry
@@ -59,6 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--max-shard-size", default="50GB",
                          help="hf only: shard above this size (default 50GB, as transformers)")
     convert.set_defaults(run=_convert)
+
+    extend = commands.add_parser(
+        "extend-positions", help="copy a checkpoint's position table out to longer inputs, with "
+                                 "sparse attention (as Longformer was made from RoBERTa)",
+        description="Write SRC (BERT, RoBERTa, DistilBERT, ALBERT or ELECTRA) to DST with its "
+                    "learned positions repeated up to --max-positions tokens and "
+                    "attention_impl='sparse'. Tokenizer files are copied with the new "
+                    "model_max_length. DST is written atomically.")
+    extend.add_argument("src", help="source checkpoint directory")
+    extend.add_argument("dst", help="destination directory (must not exist unless --overwrite)")
+    extend.add_argument("--max-positions", type=int, default=4096,
+                        help="tokens the extended model takes (default 4096)")
+    extend.add_argument("--attention-window", type=int, default=256,
+                        help="keys attended on either side of each query (default 256)")
+    extend.add_argument("--to", choices=("flax", "hf"), default="flax",
+                        help="flax (default) keeps the sparse settings; hf's config.json cannot")
+    extend.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    extend.set_defaults(run=_extend_positions)
 
     models = commands.add_parser("models", help="list registered model names with sizes")
     models.add_argument("--task", default="base", help="count parameters with this head")

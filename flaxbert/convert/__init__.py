@@ -8,6 +8,7 @@ import flax.linen as nn
 
 from flaxbert.convert.hf import load_hf, save_hf
 from flaxbert.convert.native import is_native, load_native, save_native
+from flaxbert.convert.positions import extend_position_embeddings  # noqa: F401
 
 
 def from_pretrained(path: str | os.PathLike, task: str | None = None, *,

@@ -12,11 +12,11 @@ import functools
 import math
 import types
 import typing
-from typing import Any
+from typing import Any, ClassVar
 
 import jax.numpy as jnp
 
-ATTENTION_IMPLS = ("xla", "cudnn")
+ATTENTION_IMPLS = ("xla", "cudnn", "sparse")
 POOLING = ("mean", "cls", "max")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "attention_out")
 # Parameter-efficient fine-tuning (flaxbert.layers.peft): LoRA on the projections lora_targets
@@ -36,10 +36,11 @@ FIELD_RANGES = {
     **dict.fromkeys(("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "num_labels", "embedding_size",
                      "num_hidden_groups", "inner_group_num", "attention_head_size",
-                     "pooler_hidden_size", "conv_groups", "lora_rank", "adapter_size"),
+                     "pooler_hidden_size", "conv_groups", "lora_rank", "adapter_size",
+                     "attention_window"),
                     _AT_LEAST_ONE),
     **dict.fromkeys(("type_vocab_size", "pad_token_id", "initializer_range", "conv_kernel_size",
-                     "mem_len", "reuse_len"), _AT_LEAST_ZERO),
+                     "mem_len", "reuse_len", "global_attention_tokens"), _AT_LEAST_ZERO),
     **dict.fromkeys(("layer_norm_eps", "lora_alpha"), ("> 0", lambda v: v > 0)),
 }
 _RATE = ("in [0, 1)", lambda v: 0 <= v < 1)
@@ -67,7 +68,8 @@ def accepts(hint, value) -> bool:
 
 # Fields of ours that transformers' config.json does not carry.
 FLAXBERT_FIELDS = ("num_labels", "id2label", "pooling", "normalize_embeddings", "dtype",
-                   "param_dtype", "attention_impl", "scan_layers", "remat_policy", "peft",
+                   "param_dtype", "attention_impl", "attention_window",
+                   "global_attention_tokens", "scan_layers", "remat_policy", "peft",
                    "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "adapter_size",
                    "adapter_act")
 PEFT_FIELDS = FLAXBERT_FIELDS[FLAXBERT_FIELDS.index("peft"):]
@@ -99,6 +101,11 @@ class EncoderConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     attention_impl: str = "xla"
+    # attention_impl="sparse": keys within attention_window positions on either side (half of
+    # Longformer's attention_window, which counts both sides), plus the first
+    # global_attention_tokens positions (CLS), which attend to and are attended by every token.
+    attention_window: int = 256
+    global_attention_tokens: int = 1
     scan_layers: bool = False
     remat_policy: str = "none"
     # Parameter-efficient fine-tuning: W x + (lora_alpha / lora_rank) B A x on lora_targets, or
@@ -110,6 +117,9 @@ class EncoderConfig:
     lora_targets: tuple[str, ...] = ("query", "value")
     adapter_size: int = 64
     adapter_act: str = "relu"
+    # Why this family's attention cannot run attention_impl="sparse" (None: it can). Set by
+    # families whose attention is not the shared one, or adds a (q_len, kv_len) bias.
+    sparse_attention_unsupported: ClassVar[str | None] = None
 
     def __post_init__(self):
         def need(ok: bool, message: str):
@@ -139,6 +149,9 @@ class EncoderConfig:
              f"num_attention_heads={self.num_attention_heads}")
         need(self.attention_impl in ATTENTION_IMPLS,
              f"attention_impl={self.attention_impl!r}; choose one of {ATTENTION_IMPLS}")
+        need(self.attention_impl != "sparse" or self.sparse_attention_unsupported is None,
+             f"attention_impl='sparse' is not available: {self.sparse_attention_unsupported}; "
+             "use 'xla' or 'cudnn'")
         need(self.remat_policy in REMAT_POLICIES,
              f"remat_policy={self.remat_policy!r}; choose one of {REMAT_POLICIES}")
         need(self.dtype in DTYPES, f"dtype={self.dtype!r}; choose one of {tuple(DTYPES)}")

@@ -56,6 +56,8 @@ class DebertaV2Config(EncoderConfig):
     pooler_hidden_act: str = "gelu"
     cls_dropout: float | None = None
     legacy: bool = True
+    sparse_attention_unsupported = ("DeBERTa's disentangled attention adds a relative-position "
+                                    "bias to every (query, key) score")
 
     def __post_init__(self):
         # config.json writes pos_att_type as "p2c|c2p" or a list; keep a tuple.

@@ -65,6 +65,8 @@ class XLNetConfig(EncoderConfig):
     summary_first_dropout: float = 0.0
     summary_last_dropout: float = 0.1
     summary_proj_to_labels: bool = False
+    sparse_attention_unsupported = ("XLNet's two-stream relative attention is its own, not "
+                                    "the shared one")
 
     def __post_init__(self):
         super().__post_init__()
