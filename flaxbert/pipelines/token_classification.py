@@ -3,7 +3,9 @@ aggregation strategies, with character offsets into the input text.
 
 The post-processing is plain functions over numpy arrays (`pre_entities`, `aggregate`), which
 follow transformers' TokenClassificationPipeline step for step so the entities, words and
-offsets come out the same.
+offsets come out the same. With `stride=`, a text longer than max_length is read in windows
+sharing `stride` tokens and each token's scores come from the window where it is most central
+(flaxbert.tasks.windows), rather than the text being truncated.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxbert.pipelines.base import Pipeline, as_inputs, softmax
-from flaxbert.pipelines.text_classification import label_names
+from flaxbert.pipelines.text_classification import label_names, run_windows
+from flaxbert.tasks.windows import document_token_logits
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 WORD_STRATEGIES = ("first", "average", "max")
@@ -104,15 +107,25 @@ def group_entities(entities: list[dict], tokens_to_string: Callable) -> list[dic
 
 class TokenClassificationPipeline(Pipeline):
     """pipe(text or texts, aggregation_strategy="none"|"simple"|"first"|"average"|"max",
-    ignore_labels=["O"]): per text, a list of {entity, score, index, word, start, end} (none)
-    or {entity_group, score, word, start, end}."""
+    ignore_labels=["O"], stride=None): per text, a list of {entity, score, index, word, start,
+    end} (none) or {entity_group, score, word, start, end}. stride=k reads long texts in
+    windows sharing k tokens instead of truncating them."""
 
     task = "token-classification"
     heads = ("token-classification",)
-    defaults = {"aggregation_strategy": "none", "ignore_labels": ("O",)}
+    defaults = {"aggregation_strategy": "none", "ignore_labels": ("O",), "stride": None}
 
     def forward(self, params, ids, mask, types):
         return self.model.apply({"params": params}, ids, mask, types).logits.astype(jnp.float32)
+
+    def token_logits(self, texts: list[str], stride: int | None) -> tuple[list, list]:
+        """(encodings, per-token logits of each): truncated, or assembled from windows."""
+        if stride is None:
+            encodings = self.encode(texts)
+            return encodings, [logits[mask.astype(bool)] for logits, mask in self.run(encodings)]
+        encodings, layout, rows = run_windows(self, texts, stride)
+        return encodings, document_token_logits(
+            [logits[mask.astype(bool)] for logits, mask in rows], layout)
 
     def tokens_to_string(self, tokens: list[str]) -> str:
         decoder = self._encoder.decoder
@@ -127,11 +140,11 @@ class TokenClassificationPipeline(Pipeline):
                              f"of {STRATEGIES}")
         ignore = set(opts["ignore_labels"])
         labels = label_names(self.config)
-        encodings = self.encode(texts)
+        encodings, token_logits = self.token_logits(texts, opts["stride"])
         prefix = bool(getattr(self._encoder.model, "continuing_subword_prefix", None))
         results = []
-        for text, encoding, (logits, mask) in zip(texts, encodings, self.run(encodings)):
-            scores = softmax(logits[mask.astype(bool)])
+        for text, encoding, logits in zip(texts, encodings, token_logits):
+            scores = softmax(logits)
             tokens = pre_entities(text, encoding, scores, id_to_token=self._encoder.id_to_token,
                                   unk_id=self.tokenizer.unk_token_id, has_subword_prefix=prefix,
                                   strategy=strategy)

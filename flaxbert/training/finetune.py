@@ -47,6 +47,17 @@ def finetune_config(**fields) -> ml_collections.ConfigDict:
     c.task.pack = False  # several short examples per row (flaxbert.packing)
     c.task.tokenizer = ""  # default: the checkpoint directory's tokenizer
     c.task.metrics = ()  # beyond GLUE's own: names from flaxbert.tasks.metrics.METRICS
+    # Texts longer than max_seq_length (flaxbert.tasks.windows): "truncate" cuts them;
+    # "windows" cuts each document into windows of max_seq_length tokens, each a training row
+    # with the document's label (token tasks: its own token labels), and evaluation scores
+    # each document once, from its windows pooled; "chunks" (classification) encodes each
+    # window of a document and classifies the pooled chunk embeddings
+    # (flaxbert.models.hierarchical; no transformers export).
+    c.task.long_inputs = "truncate"  # | "windows" | "chunks"
+    c.task.stride = 32  # tokens two consecutive windows (or chunks) share
+    c.task.window_pooling = "mean"  # | "max" | "first": a document's logits from its windows'
+    c.task.max_chunks = 8  # "chunks": chunks kept per document (the rest cut, with a warning)
+    c.task.chunk_pooling = "attention"  # | "transformer": one transformer layer over chunks
     # Question answering (objective="question_answering"), as transformers' run_qa: windows of
     # max_seq_length sharing doc_stride tokens, questions cut to max_query_length tokens, answers
     # of at most max_answer_length tokens chosen from the n_best_size best starts and ends;

@@ -652,10 +652,39 @@ class QuestionAnswering(TaskObjective):
                                "attention_mask": batch["attention_mask"]}
 
 
+class ChunkClassification(SequenceClassification):
+    """Long-document classification by hierarchical chunk encoding
+    (flaxbert.models.hierarchical): input_ids (batch, chunks, length), chunks with an all-zero
+    attention mask missing, labels (batch,); the loss is SequenceClassification's. Fine-tuning
+    selects it with task.long_inputs="chunks", which also sets max_chunks and chunk_pooling.
+    The model has no transformers form: `export` refuses, and its weights stay in the run's
+    checkpoints."""
+
+    name = "chunk_classification"
+    task = "chunk-classification"
+    defaults = {"label_smoothing": 0.0, "max_chunks": 8, "chunk_pooling": "attention",
+                "cls_position": "first"}
+
+    def build_model(self):
+        from flaxbert.models.hierarchical import HierarchicalClassifier
+        s = self.settings
+        return HierarchicalClassifier(self.config, max_chunks=int(s["max_chunks"]),
+                                      chunk_pooling=s["chunk_pooling"],
+                                      cls_position=s["cls_position"])
+
+    def task_name(self) -> str:
+        return "base"  # what a checkpoint loads as: the per-chunk encoder
+
+    def export(self, params):
+        raise ValueError("objective 'chunk_classification': the hierarchical chunk model has no "
+                         "transformers form; set export.at_end=False and train.best_metric='', "
+                         "and read its weights with flaxbert.training.trainer.restore_params")
+
+
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (
     MaskedLM, MaskedLMNextSentence, MaskedLMSentenceOrder, ReplacedTokenDetection, Distillation,
     PermutationLM, SequenceClassification, TokenClassification, MultipleChoice,
-    QuestionAnswering)}
+    QuestionAnswering, ChunkClassification)}
 
 
 def get_objective(name: str, model_config: EncoderConfig,

@@ -163,6 +163,7 @@ class TaskData:
         self.config, t = config, config.task
         self.kind = config.objective
         self.seq_len = int(t.max_seq_length)
+        self._long_inputs_mode(config)
         self.glue = None
         if t.glue:
             from flaxbert.tasks.glue import glue_task
@@ -286,6 +287,8 @@ class TaskData:
                       "id2label": None if self.label_map.regression else
                       tuple(self.label_map.names)}
         overrides = {**labels, **_overrides(self.config)}
+        if self.long_inputs == "chunks":
+            return self._chunk_model(overrides)
         if Path(self.config.model).is_dir():
             model, params = flaxbert.from_pretrained(self.config.model, task=task, **overrides)
             return model.config, params
@@ -295,6 +298,8 @@ class TaskData:
         from flaxbert.tasks import features
         t = self.config.task
         overflow = t.overflow
+        if self.long_inputs != "truncate":
+            return self._long_features(examples)
         if self.kind == "token_classification":
             return features.encode_words(examples, self.tokenizer, self.label_map,
                                          max_length=self.seq_len, overflow=overflow,
@@ -314,8 +319,11 @@ class TaskData:
         return self._model_config
 
     def objective_settings(self, objective_cls) -> dict:
-        return self.config.objective_settings.to_dict() if self.config.objective_settings \
+        settings = self.config.objective_settings.to_dict() if self.config.objective_settings \
             else {}
+        if self.long_inputs == "chunks":
+            settings.update(self._chunk_settings())
+        return settings
 
     def check(self, objective) -> None:
         if objective.data != "task":
@@ -323,7 +331,9 @@ class TaskData:
                              f"needs one of {sorted(_TASK_OF)}")
 
     def example_batch(self, batch_size: int = 1) -> dict:
-        shape = (batch_size,) + ((2,) if self.kind == "multiple_choice" else ()) + (self.seq_len,)
+        choices = (2,) if self.kind == "multiple_choice" else \
+            (int(self.config.task.max_chunks),) if self.long_inputs == "chunks" else ()
+        shape = (batch_size,) + choices + (self.seq_len,)
         labels = (batch_size, self.seq_len) if self.kind == "token_classification" \
             else (batch_size,)
         regression = self._model_config.num_labels == 1 and self.kind == "classification"
@@ -354,6 +364,8 @@ class TaskData:
 
     def eval_passes(self):
         prefix = "eval_" if len(self.eval_sets) <= 1 else None
+        if self.long_inputs == "windows":
+            return self._window_passes(prefix)
         return [(prefix or f"eval_{name}_", self._batches(features, train=False))
                 for name, features in self.eval_sets]
 
@@ -362,6 +374,10 @@ class TaskData:
         from flaxbert.tasks import glue, metrics
         logits = [o["logits"] for o in outputs]
         labels = [o["labels"] for o in outputs]
+        if self.long_inputs == "windows":  # one score per document, from its windows
+            logits, labels = self._document_outputs(outputs)
+            if not logits:
+                return {}
         if self.kind == "token_classification":
             width = max(x.shape[1] for x in labels)
             labels = np.concatenate([np.pad(x, ((0, 0), (0, width - x.shape[1])),
@@ -380,15 +396,165 @@ class TaskData:
     def description(self) -> dict:
         if self._description is not None:
             return self._description
-        return {"kind": "task", "task": self.kind, "max_seq_length": self.seq_len,
-                "labels": self.label_names, "tokenizer_dir": self.tokenizer_dir,
-                "model": {"family": registry.family_of(self._model_config).name,
-                          "config": self._model_config.to_dict()}}
+        out = {"kind": "task", "task": self.kind, "max_seq_length": self.seq_len,
+               "labels": self.label_names, "tokenizer_dir": self.tokenizer_dir,
+               "model": {"family": registry.family_of(self._model_config).name,
+                         "config": self._model_config.to_dict()}}
+        if self.long_inputs != "truncate":
+            t = self.config.task
+            out["long_inputs"] = {"mode": self.long_inputs, "stride": int(t.stride),
+                                  **({"window_pooling": t.window_pooling}
+                                     if self.long_inputs == "windows" else self._chunk_settings())}
+        return out
+
+    # ---- long inputs (flaxbert.tasks.windows, flaxbert.models.hierarchical) ----------------
+    def _long_inputs_mode(self, config) -> None:
+        """task.long_inputs, checked; "chunks" selects the chunk model's objective."""
+        from flaxbert.tasks.windows import LONG_INPUTS, POOLING
+        t = config.task
+        self.long_inputs = t.get("long_inputs", "truncate")
+        if self.kind == "chunk_classification":  # a saved chunk run's config
+            self.kind, self.long_inputs = "classification", "chunks"
+        if self.long_inputs not in LONG_INPUTS:
+            raise ValueError(f"task.long_inputs={self.long_inputs!r}; choose one of {LONG_INPUTS}")
+        if self.long_inputs == "truncate":
+            return
+        if self.kind not in ("classification", "token_classification") or (
+                self.long_inputs == "chunks" and self.kind != "classification"):
+            raise ValueError(f"task.long_inputs={self.long_inputs!r} does not apply to objective "
+                             f"{config.objective!r} (windows: classification and "
+                             "token_classification; chunks: classification)")
+        if self.long_inputs == "windows" and t.window_pooling not in POOLING:
+            raise ValueError(f"task.window_pooling={t.window_pooling!r}; choose one of {POOLING}")
+        if self.long_inputs == "chunks":
+            if config.export.at_end or config.train.best_metric:
+                raise ValueError("task.long_inputs='chunks': the hierarchical chunk model has no "
+                                 "transformers export; set export.at_end=False and "
+                                 "train.best_metric='' (its weights stay in the checkpoints)")
+            config.objective = "chunk_classification"  # the Trainer builds the chunk model
+
+    def _chunk_settings(self) -> dict:
+        saved = (getattr(self, "_description", None) or {}).get("long_inputs")
+        if saved:  # restoring: the tokenizer is not read again
+            return {k: saved[k] for k in ("max_chunks", "chunk_pooling", "cls_position")}
+        t = self.config.task
+        # Tokenizers that pad on the left (XLNet) end each chunk with its CLS token.
+        left = self.tokenizer.padding_side == "left"
+        return {"max_chunks": int(t.max_chunks), "chunk_pooling": t.chunk_pooling,
+                "cls_position": "last" if left else "first"}
+
+    def _chunk_model(self, overrides):
+        """The chunk model's config and, from a checkpoint directory, its encoder's weights
+        with a fresh pooling head."""
+        import jax
+
+        import flaxbert
+        from flaxbert.models.hierarchical import HierarchicalClassifier, with_encoder_params
+        if not Path(self.config.model).is_dir():
+            return registry.get_config(self.config.model, **overrides), None
+        model, params = flaxbert.from_pretrained(self.config.model, task="base", **overrides)
+        chunked = HierarchicalClassifier(model.config, **self._chunk_settings())
+        return model.config, with_encoder_params(chunked, params,
+                                                 jax.random.PRNGKey(self.config.train.seed))
+
+    def _long_features(self, examples):
+        """Whole documents (no truncation) cut into windows of max_seq_length tokens; for
+        "chunks", each document's windows become one feature of max_chunks chunks (missing
+        ones empty)."""
+        from flaxbert.tasks import features, windows
+        t = self.config.task
+        pair = next((e for e in examples if "text_pair" in e), None)
+        if pair is not None:
+            raise ValueError(f"{pair.get('origin', 'an example')}: task.long_inputs="
+                             f"{self.long_inputs!r} takes single texts, not text pairs")
+        whole = 2 ** 31 - 1
+        if self.kind == "token_classification":
+            documents = features.encode_words(examples, self.tokenizer, self.label_map,
+                                              max_length=whole,
+                                              label_all_subwords=t.label_all_subwords)
+        else:
+            documents = features.encode_sequences(examples, self.tokenizer, self.label_map,
+                                                  max_length=whole)
+        prefix, suffix = windows.special_layout(self.tokenizer)
+        cut = windows.split_into_windows(documents, max_length=self.seq_len, stride=int(t.stride),
+                                         prefix=prefix, suffix=suffix)
+        return cut if self.long_inputs == "windows" else self._chunks(cut, examples)
+
+    def _chunks(self, cut, examples) -> list[dict]:
+        limit, empty = int(self.config.task.max_chunks), np.zeros(0, np.int32)
+        counts = np.bincount(cut.layout.document, minlength=cut.layout.num_documents)
+        if (counts > limit).any():
+            first = int(np.flatnonzero(counts > limit)[0])
+            where = examples[first].get("origin", f"example {first}")
+            if self.config.task.overflow == "error":
+                raise ValueError(f"{where}: {counts[first]} chunks of {self.seq_len} tokens, "
+                                 f"more than task.max_chunks={limit}")
+            log.warning("%d of %d documents (first: %s) had more than task.max_chunks=%d chunks "
+                        "and were cut", int((counts > limit).sum()), len(counts), where, limit)
+        grouped = []
+        for d, document in enumerate(cut.documents):
+            mine = [cut[w] for w in np.flatnonzero(cut.layout.document == d)[:limit]]
+            feature = {k: tuple(c[k] for c in mine) + (empty,) * (limit - len(mine))
+                       for k in ("input_ids", "token_type_ids")}
+            if "labels" in document:
+                feature["labels"] = document["labels"]
+            grouped.append(feature)
+        return grouped
+
+    def _window_passes(self, prefix):
+        """Evaluation passes whose example_index is unique across the sets, so that the outputs
+        say which set (and which window of it) each row is."""
+        passes, offset, self._eval_offsets = [], 0, []
+        for name, cut in self.eval_sets:
+            self._eval_offsets.append(offset)
+            passes.append((prefix or f"eval_{name}_",
+                           _offset_index(self._batches(cut, train=False), offset)))
+            offset += len(cut)
+        return passes
+
+    def _document_outputs(self, outputs) -> tuple[list, list]:
+        """Window rows -> per-document (logits, labels) lists, as outputs_metrics reads them,
+        for the documents whose windows were all evaluated (train.eval_batches may stop early)."""
+        from flaxbert.tasks.windows import WindowLayout, document_token_logits, pool_window_logits
+        first = int(min(o["example_index"].min() for o in outputs))
+        s = max(i for i, start in enumerate(self._eval_offsets) if start <= first)
+        offset, cut = self._eval_offsets[s], self.eval_sets[s][1]
+        layout, rows = cut.layout, {}
+        for o in outputs:
+            rows.update((int(i) - offset, x) for i, x in zip(o["example_index"], o["logits"]))
+        seen = np.zeros(len(cut), bool)
+        seen[list(rows)] = True
+        docs = np.flatnonzero(np.bincount(layout.document[~seen],
+                                          minlength=layout.num_documents) == 0)
+        keep = np.flatnonzero(np.isin(layout.document, docs))
+        if not len(keep):
+            return [], []
+        renumbered = np.searchsorted(docs, layout.document[keep])
+        if self.kind != "token_classification":
+            pooled = pool_window_logits(np.stack([rows[w] for w in keep]), renumbered, len(docs),
+                                        self.config.task.window_pooling)
+            return [pooled], [np.asarray([cut.documents[d]["labels"] for d in docs])]
+        left = self.tokenizer.padding_side == "left"
+        unpadded = []
+        for w in keep:  # each window's own tokens out of its padded row
+            n, row = layout.window_length(w), rows[w]
+            unpadded.append(row[len(row) - n:] if left else row[:n])
+        sub = WindowLayout(renumbered, layout.start[keep], layout.length[keep], layout.prefix,
+                           layout.suffix, layout.document_lengths[docs])
+        return ([x[None] for x in document_token_logits(unpadded, sub)],
+                [np.asarray(cut.documents[d]["labels"])[None] for d in docs])
 
 
 def json_field(file: Path, name: str):
     from flaxbert.io import read_json
     return read_json(file).get(name)
+
+
+def _offset_index(batches, offset: int):
+    """Task batches with their example_index moved by `offset` (padding rows stay -1)."""
+    for batch in batches:
+        index = batch["example_index"]
+        yield {**batch, "example_index": np.where(index >= 0, index + offset, -1).astype(np.int32)}
 
 
 _TASK_OF = {"classification": "sequence-classification",
