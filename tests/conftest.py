@@ -59,3 +59,28 @@ def set_fields(config, **fields):
             node = node[p]
         node[leaf] = value
     return config
+
+
+def tiny_bert_checkpoint(root, lines, *, vocab_size=120, max_positions=64, **bert_fields):
+    """A tiny random transformers BERT directory (no dropout) with a WordPiece tokenizer trained
+    on `lines` (texts the task's words come from); `bert_fields` override the BertConfig."""
+    import shutil
+
+    import torch
+    import transformers
+
+    from flaxbert.tokenizer_training import train_tokenizer
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(lines) + "\n")
+    train_tokenizer([corpus], root / "tok", "wordpiece", vocab_size, min_frequency=1)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(root / "tok")
+    torch.manual_seed(0)
+    fields = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, max_position_embeddings=max_positions,
+                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = transformers.BertModel(transformers.BertConfig(
+        vocab_size=len(tokenizer), **{**fields, **bert_fields}))
+    model.save_pretrained(root / "model")
+    for f in (root / "tok").iterdir():
+        shutil.copy(f, root / "model" / f.name)
+    return root / "model"

@@ -2,7 +2,6 @@
 classification (does a marker word occur?), token classification (a lexicon of entity words,
 split into sub-words) and their exports, which transformers loads with identical logits."""
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 import transformers
 
 import flaxbert
-from conftest import set_fields
+from conftest import set_fields, tiny_bert_checkpoint
 from flaxbert.training.finetune import finetune, finetune_config
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
@@ -25,24 +24,10 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny random BERT with a WordPiece tokenizer trained on the task's words."""
-    from flaxbert.tokenizer_training import train_tokenizer
-    root = tmp_path_factory.mktemp("finetune")
-    corpus = root / "corpus.txt"
     rs = np.random.RandomState(0)
     lines = [" ".join(rs.choice(WORDS + [MARKER], 8)) for _ in range(300)] + [" ".join(WORDS)] \
         + [" ".join(ENTITIES)]  # once: their letters are known, the words split into pieces
-    corpus.write_text("\n".join(lines) + "\n")
-    train_tokenizer([corpus], root / "tok", "wordpiece", 120, min_frequency=1)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(root / "tok")
-    torch.manual_seed(0)
-    model = transformers.BertModel(transformers.BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0))
-    model.save_pretrained(root / "model")
-    for f in (root / "tok").iterdir():
-        shutil.copy(f, root / "model" / f.name)
-    return root / "model"
+    return tiny_bert_checkpoint(tmp_path_factory.mktemp("finetune"), lines)
 
 
 def _classification_files(root, rs):

@@ -8,7 +8,6 @@ fine-tuned with configs/finetune_squad.py:v2,tiny reaches F1 >= 90 (93.4 when th
 answers the dev questions, and transformers' PyTorch model gives the same span logits."""
 import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import set_fields
+from conftest import set_fields, tiny_bert_checkpoint
 from flaxbert.training.finetune import finetune
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
@@ -37,25 +36,13 @@ def recipe(arg):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A tiny random BERT (64 positions) with a WordPiece tokenizer trained on the task's words."""
-    from flaxbert.tokenizer_training import train_tokenizer
-    root = tmp_path_factory.mktemp("qa")
-    corpus = root / "corpus.txt"
+    """A tiny random BERT (hidden 64, 64 positions) with a WordPiece tokenizer trained on the
+    task's words."""
     rs = np.random.RandomState(0)
     lines = [" ".join(rs.choice(WORDS + [MARKER], 8)) for _ in range(300)] + [" ".join(WORDS)] \
         + [" ".join(LONG), QUESTION + " , . ; !"]
-    corpus.write_text("\n".join(lines) + "\n")
-    train_tokenizer([corpus], root / "tok", "wordpiece", 120, min_frequency=1)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(root / "tok")
-    torch.manual_seed(0)
-    model = transformers.BertModel(transformers.BertConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=128, max_position_embeddings=64, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0))
-    model.save_pretrained(root / "model")
-    for f in (root / "tok").iterdir():
-        shutil.copy(f, root / "model" / f.name)
-    return root / "model"
+    return tiny_bert_checkpoint(tmp_path_factory.mktemp("qa"), lines, hidden_size=64,
+                                intermediate_size=128)
 
 
 def squad_file(path, n, rs, impossible=0.25):
