@@ -1,8 +1,9 @@
 """Long inputs: sliding windows (cut, pooled, most-central tokens) against plain loops, and a
 synthetic task whose only signal word sits past token 512 of ~700-token documents: a tiny
 model fine-tuned on windows learns it, the same model truncated cannot, the hierarchical chunk
-model learns it too (and ignores empty chunks exactly), and the pipelines' window option pools
-as a hand computation does."""
+model learns it too (and ignores empty chunks exactly) and exports a directory that reloads
+bit-identically, whose encoder transformers' AutoModel reads and whose pipeline cuts chunks as
+training did; the pipelines' window option pools as a hand computation does."""
 import json
 import shutil
 
@@ -312,10 +313,22 @@ def test_token_classification_fine_tunes_on_windows(checkpoint, tmp_path):
     assert last["eval_f1"] >= 0.9, last
 
 
-def test_chunk_model_learns_the_late_signal_and_ignores_empty_chunks(checkpoint, tmp_path):
+CHUNK_LENGTH, MAX_CHUNKS, CHUNK_STEPS = 32, 8, 60
+
+
+def _chunk_config(checkpoint, root, **fields):
+    return _config(checkpoint, root, **{
+        "task.long_inputs": "chunks", "task.max_seq_length": CHUNK_LENGTH,
+        "task.max_chunks": MAX_CHUNKS, "task.stride": 0, "train.num_steps": CHUNK_STEPS,
+        "train.global_batch_size": 16, **fields})
+
+
+@pytest.fixture(scope="module")
+def chunk_run(checkpoint, tmp_path_factory):
     """A cheaper task of the same kind: 200-word documents in chunks of 32 tokens (7 chunks),
-    the marker only in the last 20 words of the positive ones (half of them)."""
-    from flaxbert.training.trainer import restore_params
+    the marker only in the last 20 words of the positive ones (half of them). Evaluated every
+    30 steps with a checkpoint each time, keeping the best model and exporting at the end."""
+    root = tmp_path_factory.mktemp("chunks")
     rs = np.random.RandomState(7)
     for split, n in (("train", 160), ("dev", 64)):
         rows = []
@@ -325,16 +338,28 @@ def test_chunk_model_learns_the_late_signal_and_ignores_empty_chunks(checkpoint,
                 for at in rs.choice(np.arange(180, 200), 10, replace=False):
                     words[at] = MARKER
             rows.append({"sentence": " ".join(words), "label": "yes" if i % 2 == 0 else "no"})
-        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    c = _config(checkpoint, tmp_path, **{
-        "task.long_inputs": "chunks", "task.max_seq_length": 32, "task.max_chunks": 8,
-        "task.stride": 0, "train.num_steps": 60, "train.global_batch_size": 16})
-    last = finetune(c, tmp_path / "run")
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    last = finetune(_chunk_config(checkpoint, root, **{
+        "train.eval_every": 30, "checkpoint.save_every": 30, "checkpoint.keep": None,
+        "train.best_metric": "eval_accuracy", "export.at_end": True}), root / "run")
+    return root, last
+
+
+def _best_step(workdir):
+    """The step train.best_metric kept: the first with the highest eval_accuracy."""
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    evals = [(r["eval_accuracy"], -r["step"]) for r in rows if "eval_accuracy" in r]
+    return -max(evals)[1]
+
+
+def test_chunk_model_learns_the_late_signal_and_ignores_empty_chunks(chunk_run):
+    from flaxbert.training.trainer import restore_params
+    root, last = chunk_run
     assert last["eval_sequences"] == 64  # one row per document
     assert last["eval_accuracy"] >= 0.9, last
-    trainer, _, params = restore_params(tmp_path / "run")
+    trainer, _, params = restore_params(root / "run")
     model = trainer.objective.model
-    assert type(model).__name__ == "HierarchicalClassifier" and model.max_chunks == 8
+    assert type(model).__name__ == "HierarchicalClassifier" and model.max_chunks == MAX_CHUNKS
     # An empty chunk (all-zero attention mask) changes no logit; shapes (batch, chunks, length).
     ids = np.random.RandomState(5).randint(5, 50, (2, 3, 16))
     mask = np.ones_like(ids)
@@ -346,8 +371,128 @@ def test_chunk_model_learns_the_late_signal_and_ignores_empty_chunks(checkpoint,
     c2 = np.asarray(apply(ids[1:, :2], mask[1:, :2]))
     np.testing.assert_allclose(a, b, atol=1e-6)
     np.testing.assert_allclose(a[1:], c2, atol=1e-6)
-    with pytest.raises(ValueError, match="no transformers form"):
-        trainer.objective.export(params)
+
+
+def _chunk_inputs(seed=8):
+    ids = np.random.RandomState(seed).randint(5, 50, (3, MAX_CHUNKS, CHUNK_LENGTH))
+    mask = np.ones_like(ids)
+    mask[0, 5:] = 0  # a five-chunk document
+    mask[1, 2, 20:] = 0  # a short last chunk
+    return ids, mask
+
+
+def test_chunk_exports_reload_with_identical_logits(chunk_run, tmp_path):
+    """export/best holds the best evaluation's weights and export/step_60 the last ones: each
+    reloads (HierarchicalClassifier.from_pretrained) with logits bit-identical to that step's
+    checkpoint; an existing destination is refused without overwrite."""
+    from flaxbert.models.hierarchical import CHUNK_CONFIG, CHUNK_HEAD, HierarchicalClassifier
+    from flaxbert.training.checkpoint import Checkpoints
+    from flaxbert.training.trainer import restore_params
+    root, _ = chunk_run
+    workdir = root / "run"
+    ids, mask = _chunk_inputs()
+    trainer, last_step, _ = restore_params(workdir)
+    trained = trainer.objective.model
+    assert last_step == CHUNK_STEPS
+    checkpoints = Checkpoints(workdir / "checkpoints", save_every=1, keep=None, async_save=False)
+    try:
+        logits = {step: np.asarray(trained.apply(
+            {"params": checkpoints.restore(step, trainer.abstract_state())[0].params}, ids,
+            mask).logits) for step in checkpoints.steps()}
+    finally:
+        checkpoints.close()
+    assert sorted(logits) == [30, CHUNK_STEPS]
+    assert np.abs(logits[30] - logits[CHUNK_STEPS]).max() > 0  # the comparison below can fail
+    for export, step in (("best", _best_step(workdir)), (f"step_{CHUNK_STEPS}", CHUNK_STEPS)):
+        directory = workdir / "export" / export
+        assert {"config.json", "model.safetensors", "vocab.txt", CHUNK_HEAD,
+                CHUNK_CONFIG} <= {f.name for f in directory.iterdir()}
+        model, loaded = HierarchicalClassifier.from_pretrained(directory)
+        assert (model.max_chunks, model.chunk_pooling, model.cls_position, model.chunk_length,
+                model.stride) == (MAX_CHUNKS, "attention", "first", CHUNK_LENGTH, 0)
+        assert model.config.id2label == trained.config.id2label == ("no", "yes")
+        ours = np.asarray(model.apply({"params": loaded}, ids, mask).logits)
+        np.testing.assert_array_equal(ours, logits[step])
+    saved = json.loads((workdir / "export" / "best" / CHUNK_CONFIG).read_text())
+    assert saved["id2label"] == {"0": "no", "1": "yes"} and saved["chunk_length"] == CHUNK_LENGTH
+    with pytest.raises(FileExistsError, match="already exists"):
+        trainer.export(loaded, workdir / "export" / "best")
+    with pytest.raises(FileExistsError, match="already exists"):
+        model.save_pretrained(workdir / "export" / "best", loaded)
+    trainer.export(loaded, tmp_path / "again")  # a fresh place is written (`flaxbert export`)
+    again, again_params = HierarchicalClassifier.from_pretrained(tmp_path / "again")
+    np.testing.assert_array_equal(
+        np.asarray(again.apply({"params": again_params}, ids, mask).logits), ours)
+
+
+def test_chunk_export_encoder_is_a_transformers_base_model(chunk_run):
+    from flaxbert.models.hierarchical import HierarchicalClassifier
+    best = chunk_run[0] / "run" / "export" / "best"
+    model, params = HierarchicalClassifier.from_pretrained(best)
+    ids, mask = _chunk_inputs(9)
+    ids, mask = ids.reshape(-1, CHUNK_LENGTH), mask.reshape(-1, CHUNK_LENGTH)
+    ours = model.encoder_model().apply({"params": params["encoder"]}, ids, mask).last_hidden_state
+    torch_model = transformers.AutoModel.from_pretrained(best).eval()
+    assert type(torch_model).__name__ == "BertModel"
+    with torch.no_grad():
+        theirs = torch_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(ours)[real], theirs.last_hidden_state.numpy()[real],
+                               atol=1e-5)
+
+
+def test_pipeline_on_a_chunk_export_equals_the_training_chunks(chunk_run, checkpoint, caplog):
+    """The text-classification pipeline on export/best: each dev document's scores equal the
+    reloaded model applied to the chunks fine-tuning's evaluation cut (TaskData's batches)."""
+    from flaxbert.models.hierarchical import HierarchicalClassifier
+    from flaxbert.pipelines import pipeline
+    from flaxbert.training.sources import TaskData
+    root, _ = chunk_run
+    best = root / "run" / "export" / "best"
+    model, params = HierarchicalClassifier.from_pretrained(best)
+    apply = jax.jit(lambda ids, mask, types: model.apply({"params": params}, ids, mask,
+                                                         types).logits)
+    data = TaskData(_chunk_config(checkpoint, root))
+    (_, batches), = data.eval_passes()
+    expected = {}
+    for batch in batches:
+        logits = np.asarray(apply(batch["input_ids"], batch["attention_mask"],
+                                  batch["token_type_ids"]))
+        expected.update((int(i), row) for i, row in zip(batch["example_index"], logits) if i >= 0)
+    dev = [json.loads(ln) for ln in (root / "dev.jsonl").read_text().splitlines()]
+    pipe = pipeline("text-classification", best, top_k=None, function_to_apply="none")
+    results = pipe([r["sentence"] for r in dev])
+    assert len(expected) == len(results) == 64
+    for d, result in enumerate(results):
+        got = {r["label"]: r["score"] for r in result}
+        np.testing.assert_allclose([got["no"], got["yes"]], expected[d], atol=1e-5)
+    accuracy = np.mean([r[0]["label"] == row["label"] for r, row in zip(results, dev)])
+    assert accuracy >= 0.9
+    # transformers' output shape for one text, and a document past max_chunks keeps its first
+    # max_chunks chunks (30 words each here), as training kept them, with a warning.
+    one = pipe(dev[0]["sentence"], top_k="", function_to_apply="softmax")
+    assert len(one) == 1 and one[0]["label"] == results[0][0]["label"]
+    long_text = " ".join(WORDS[i % len(WORDS)] for i in range(400))
+    with caplog.at_level("WARNING"):
+        cut = pipe(long_text)
+    assert "more than the model's max_chunks=8" in caplog.text
+    assert cut == pipe(" ".join(long_text.split()[:MAX_CHUNKS * (CHUNK_LENGTH - 2)]))
+    with pytest.raises(ValueError, match=r"inputs\[0\] is a text pair; chunk models"):
+        pipe({"text": "alpha", "text_pair": "bravo"})
+
+
+def test_chunk_config_fields_are_checked(tmp_path):
+    from flaxbert.models.hierarchical import CHUNK_CONFIG, FORMAT, read_chunk_config
+    good = {"format": FORMAT, "max_chunks": 4, "chunk_pooling": "attention",
+            "cls_position": "first", "chunk_length": 64, "stride": 8}
+    (tmp_path / CHUNK_CONFIG).write_text(json.dumps(good))
+    assert read_chunk_config(tmp_path) == {k: v for k, v in good.items() if k != "format"}
+    (tmp_path / CHUNK_CONFIG).write_text(json.dumps({**good, "chunk_pooling": "sum"}))
+    with pytest.raises(ValueError, match=r"chunk_config.json: field 'chunk_pooling' is"):
+        read_chunk_config(tmp_path)
+    (tmp_path / CHUNK_CONFIG).write_text(json.dumps({**good, "max_chunks": True}))
+    with pytest.raises(ValueError, match=r"field 'max_chunks'"):
+        read_chunk_config(tmp_path)
 
 
 def test_chunk_transformer_pooling_masks_missing_chunks_exactly():
@@ -378,9 +523,10 @@ def test_chunk_transformer_pooling_masks_missing_chunks_exactly():
 def test_long_input_settings_are_checked(checkpoint, task_files, tmp_path):
     with pytest.raises(ValueError, match="task.long_inputs='window'; choose one of"):
         finetune(_config(checkpoint, task_files, **{"task.long_inputs": "window"}), tmp_path / "a")
-    with pytest.raises(ValueError, match="has no transformers export"):
+    with pytest.raises(ValueError, match="does not apply to objective 'token_classification'"):
         finetune(_config(checkpoint, task_files, **{"task.long_inputs": "chunks",
-                                                    "export.at_end": True}), tmp_path / "b")
+                                                    "objective": "token_classification"}),
+                 tmp_path / "b")
     with pytest.raises(ValueError, match="window_pooling='sum'"):
         finetune(_config(checkpoint, task_files, **{"task.long_inputs": "windows",
                                                     "task.window_pooling": "sum"}), tmp_path / "c")

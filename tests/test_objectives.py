@@ -170,13 +170,16 @@ def test_loss_falls_on_a_fixed_batch(case, trained):
 
 def test_registry_and_data_contract():
     assert sorted(objectives.OBJECTIVES) == [
-        "classification", "distillation", "mlm", "mlm_nsp", "mlm_sop", "multiple_choice", "plm",
-        "rtd", "token_classification"]
+        "chunk_classification", "classification", "distillation", "mlm", "mlm_nsp", "mlm_sop",
+        "multiple_choice", "multitask_classification", "plm", "question_answering", "rtd",
+        "token_classification"]
     table = {n: (c.data, c.pair_task) for n, c in objectives.OBJECTIVES.items()}
     assert table == {"mlm": ("mlm", None), "mlm_nsp": ("mlm", "nsp"), "mlm_sop": ("mlm", "sop"),
                      "rtd": ("mlm", None), "distillation": ("mlm", None), "plm": ("plm", None),
                      "classification": ("task", None), "token_classification": ("task", None),
-                     "multiple_choice": ("task", None)}
+                     "multiple_choice": ("task", None), "question_answering": ("task", None),
+                     "chunk_classification": ("task", None),
+                     "multitask_classification": ("task", None)}
 
 
 def test_bert_objective_equals_transformers_pretraining_loss(tmp_path):
@@ -374,7 +377,8 @@ def test_plm_never_predicts_special_or_padding_tokens():
 
 def test_clear_errors(tmp_path):
     bert = flaxbert.get_config("bert-tiny", vocab_size=VOCAB)
-    with pytest.raises(ValueError, match=r"unknown objective 'bogus'; choose one of \['classif"):
+    with pytest.raises(ValueError, match=r"unknown objective 'bogus'; choose one of "
+                                         r"\['chunk_classification', 'classif"):
         get_objective("bogus", bert)
     with pytest.raises(ValueError, match="has no setting"):
         get_objective("mlm", bert, {"rtd_weight": 1.0})

@@ -30,7 +30,7 @@ def finetune_config(**fields) -> ml_collections.ConfigDict:
     c = default_config()
     c.model = ""  # a transformers / flaxbert checkpoint directory (or a registered name: random)
     c.objective = "classification"  # | "token_classification" | "multiple_choice"
-    #                                   | "question_answering"
+    #                                   | "question_answering" | "multitask_classification"
     c.vocab_from_data = False
 
     c.task = ml_collections.ConfigDict()
@@ -52,7 +52,8 @@ def finetune_config(**fields) -> ml_collections.ConfigDict:
     # with the document's label (token tasks: its own token labels), and evaluation scores
     # each document once, from its windows pooled; "chunks" (classification) encodes each
     # window of a document and classifies the pooled chunk embeddings
-    # (flaxbert.models.hierarchical; no transformers export).
+    # (flaxbert.models.hierarchical: exported as a transformers encoder plus chunk_head.safetensors
+    # and chunk_config.json, which the text-classification pipeline reads).
     c.task.long_inputs = "truncate"  # | "windows" | "chunks"
     c.task.stride = 32  # tokens two consecutive windows (or chunks) share
     c.task.window_pooling = "mean"  # | "max" | "first": a document's logits from its windows'
@@ -70,6 +71,18 @@ def finetune_config(**fields) -> ml_collections.ConfigDict:
     c.task.version_2 = False
     c.task.null_score_diff_threshold = 0.0
     c.task.on_mismatch = "skip"
+
+    # Multi-task classification (objective="multitask_classification",
+    # flaxbert.training.multitask): data.train names the tasks trained together, e.g.
+    # "sst2,mnli" (their order is their task_id); each is a block multitask.tasks.<name> =
+    # flaxbert.training.multitask.task_block(glue=..., train=..., validation=..., columns), and
+    # the task options above (max_seq_length, buckets, overflow) hold for all of them. A step's
+    # batch comes from task i with p_i ∝ n_i ("proportional") or n_i^(1/temperature)
+    # ("temperature": 1 is proportional, larger is nearer uniform).
+    c.multitask = ml_collections.ConfigDict()
+    c.multitask.sampling = "proportional"  # | "temperature"
+    c.multitask.temperature = 1.0
+    c.multitask.tasks = ml_collections.ConfigDict()
 
     c.data.validation = ""  # comma-separated for several evaluation sets (MNLI m / mm)
     c.data.masking = False

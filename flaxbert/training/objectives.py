@@ -656,35 +656,91 @@ class ChunkClassification(SequenceClassification):
     """Long-document classification by hierarchical chunk encoding
     (flaxbert.models.hierarchical): input_ids (batch, chunks, length), chunks with an all-zero
     attention mask missing, labels (batch,); the loss is SequenceClassification's. Fine-tuning
-    selects it with task.long_inputs="chunks", which also sets max_chunks and chunk_pooling.
-    The model has no transformers form: `export` refuses, and its weights stay in the run's
-    checkpoints."""
+    selects it with task.long_inputs="chunks", which also sets max_chunks, chunk_pooling and
+    how documents are cut (chunk_length, stride). `export` gives the chunk model itself: its
+    `save_pretrained` writes the encoder as a transformers base model plus the pooling head's
+    own files, which the text-classification pipeline loads."""
 
     name = "chunk_classification"
     task = "chunk-classification"
     defaults = {"label_smoothing": 0.0, "max_chunks": 8, "chunk_pooling": "attention",
-                "cls_position": "first"}
+                "cls_position": "first", "chunk_length": None, "stride": 0}
 
     def build_model(self):
         from flaxbert.models.hierarchical import HierarchicalClassifier
         s = self.settings
-        return HierarchicalClassifier(self.config, max_chunks=int(s["max_chunks"]),
-                                      chunk_pooling=s["chunk_pooling"],
-                                      cls_position=s["cls_position"])
+        return HierarchicalClassifier(
+            self.config, max_chunks=int(s["max_chunks"]), chunk_pooling=s["chunk_pooling"],
+            cls_position=s["cls_position"], stride=int(s["stride"]),
+            chunk_length=None if s["chunk_length"] is None else int(s["chunk_length"]))
 
     def task_name(self) -> str:
         return "base"  # what a checkpoint loads as: the per-chunk encoder
 
     def export(self, params):
-        raise ValueError("objective 'chunk_classification': the hierarchical chunk model has no "
-                         "transformers form; set export.at_end=False and train.best_metric='', "
-                         "and read its weights with flaxbert.training.trainer.restore_params")
+        if self.config.peft not in ("none", "lora"):  # LoRA is folded in; adapters cannot be
+            raise ValueError(f"objective 'chunk_classification': peft={self.config.peft!r} "
+                             "adapters have no export for the chunk model; train with "
+                             "peft='lora' or 'none'")
+        return super().export(params)
+
+
+class MultiTaskClassification(TaskObjective):
+    """Several classification tasks on one shared encoder, one head each
+    (flaxbert.models.multitask); the batch's `task_id` (batch,) picks each row's head, whose
+    cross entropy over that task's own classes is the loss. Every head is computed (small next
+    to the encoder) so that one jitted step serves every task. `tasks` ((name, label names),
+    ...) come from the data (flaxbert.training.multitask); the export is one
+    `<Family>ForSequenceClassification` directory per task."""
+
+    name = "multitask_classification"
+    task = "multitask-classification"
+    defaults = {"label_smoothing": 0.0, "tasks": ()}
+
+    def build_model(self):
+        from flaxbert.models.multitask import multitask_classifier
+        self.tasks = tuple((str(name), tuple(labels)) for name, labels in self.settings["tasks"])
+        if not self.tasks:
+            raise ValueError("objective 'multitask_classification' needs its tasks "
+                             "(objective_settings.tasks: ((name, label names), ...)); the "
+                             "multi-task data source gives them")
+        if self.settings["label_smoothing"]:
+            raise ValueError("objective_settings.label_smoothing: multitask_classification "
+                             "has no label smoothing (the tasks' class counts differ)")
+        return multitask_classifier(self.config,
+                                    tuple((n, len(labels)) for n, labels in self.tasks))
+
+    def required_keys(self):
+        return super().required_keys() + ("task_id",)
+
+    def logits(self, params, batch, rng=None, deterministic=True):
+        """(batch, most labels) float32: each row's task's logits, the classes past that
+        task's own at MASKED_LOGIT (probability 0 in the softmax)."""
+        per_task = self.apply(self.model, params, self.tokens(batch), rng, deterministic).logits
+        width = max(len(labels) for _, labels in self.tasks)
+        stacked = jnp.stack([jnp.pad(per_task[name].astype(jnp.float32),
+                                     ((0, 0), (0, width - len(labels))),
+                                     constant_values=losses.MASKED_LOGIT)
+                             for name, labels in self.tasks], axis=1)  # (batch, tasks, width)
+        return jnp.take_along_axis(stacked, batch["task_id"][:, None, None], axis=1)[:, 0]
+
+    def evaluate(self, params, batch, frozen=None):
+        loss, metrics, outputs = super().evaluate(params, batch, frozen)
+        return loss, metrics, {**outputs, "task_id": batch["task_id"]}
+
+    def task_name(self) -> str:
+        return "sequence-classification"  # what a checkpoint's encoder loads as
+
+    def export(self, params):
+        from flaxbert.models.multitask import single_task
+        return [(name, *single_task(self.model, params, name, labels))
+                for name, labels in self.tasks]
 
 
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (
     MaskedLM, MaskedLMNextSentence, MaskedLMSentenceOrder, ReplacedTokenDetection, Distillation,
     PermutationLM, SequenceClassification, TokenClassification, MultipleChoice,
-    QuestionAnswering, ChunkClassification)}
+    QuestionAnswering, ChunkClassification, MultiTaskClassification)}
 
 
 def get_objective(name: str, model_config: EncoderConfig,

@@ -427,21 +427,20 @@ class TaskData:
         if self.long_inputs == "windows" and t.window_pooling not in POOLING:
             raise ValueError(f"task.window_pooling={t.window_pooling!r}; choose one of {POOLING}")
         if self.long_inputs == "chunks":
-            if config.export.at_end or config.train.best_metric:
-                raise ValueError("task.long_inputs='chunks': the hierarchical chunk model has no "
-                                 "transformers export; set export.at_end=False and "
-                                 "train.best_metric='' (its weights stay in the checkpoints)")
             config.objective = "chunk_classification"  # the Trainer builds the chunk model
 
     def _chunk_settings(self) -> dict:
+        """The chunk model's settings, with how documents are cut (its export records them)."""
         saved = (getattr(self, "_description", None) or {}).get("long_inputs")
-        if saved:  # restoring: the tokenizer is not read again
-            return {k: saved[k] for k in ("max_chunks", "chunk_pooling", "cls_position")}
         t = self.config.task
+        cut = {"chunk_length": self.seq_len, "stride": int(t.stride)}
+        if saved:  # restoring: the tokenizer is not read again
+            return {**{k: saved[k] for k in ("max_chunks", "chunk_pooling", "cls_position")},
+                    **cut}
         # Tokenizers that pad on the left (XLNet) end each chunk with its CLS token.
         left = self.tokenizer.padding_side == "left"
         return {"max_chunks": int(t.max_chunks), "chunk_pooling": t.chunk_pooling,
-                "cls_position": "last" if left else "first"}
+                "cls_position": "last" if left else "first", **cut}
 
     def _chunk_model(self, overrides):
         """The chunk model's config and, from a checkpoint directory, its encoder's weights
@@ -574,6 +573,9 @@ def data_source(config, manifest: dict | None = None, description: dict | None =
     if "task" in config and config.objective == "question_answering":
         from flaxbert.training.qa_source import QuestionAnsweringData
         return QuestionAnsweringData(config, description)
+    if "task" in config and config.objective == "multitask_classification":
+        from flaxbert.training.multitask import MultiTaskData
+        return MultiTaskData(config, description)
     if "task" in config:
         return TaskData(config, description)
     if description is not None:

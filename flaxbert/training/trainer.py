@@ -408,7 +408,8 @@ class Trainer:
     def export(self, params, directory: str | Path, *, overwrite: bool = False) -> list[Path]:
         """Write the objective's trained model(s) as transformers directories, with the data's
         tokenizer. `directory` appears complete or not at all (ELECTRA's generator and
-        discriminator together); an existing one is refused unless `overwrite`."""
+        discriminator together); an existing one is refused unless `overwrite`. A model class
+        with a `save_pretrained` of its own (the hierarchical chunk model) writes its files."""
         import flaxbert
         import flaxbert.peft
         tokenizer_dir = Path(self.data.tokenizer_dir or "")
@@ -424,6 +425,9 @@ class Trainer:
                 elif module.config.peft != "none":  # adapters have no transformers form
                     flaxbert.peft.save_peft(out, module, part)
                     copy_files(extra, out)
+                    continue
+                if hasattr(type(module), "save_pretrained"):  # files of its own (chunk model)
+                    module.save_pretrained(out, part, overwrite=True, extra_files=extra)
                     continue
                 flaxbert.save_pretrained(out, module, part, format="hf", overwrite=True,
                                          extra_files=extra)
