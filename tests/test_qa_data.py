@@ -363,3 +363,22 @@ def test_bad_squad_files(tmp_path):
     refused("rows.jsonl", "\n".join(json.dumps(r) for r in rows), "^{path}:q1: empty context$")
     with pytest.raises(ValueError, match="on_mismatch='drop'"):
         read_squad(tmp_path / "rows.jsonl", on_mismatch="drop")
+
+
+def test_a_transformers_tokenizer_that_pads_is_neither_changed_nor_hangs(minilm_dir):
+    """MiniLM's tokenizer.json pads every encoding to 128: encode_qa must read the unpadded
+    pipeline (a question cut to max_query_length used to loop forever) and leave the caller's
+    tokenizer as it was."""
+    import transformers
+
+    from flaxbert.tasks.qa import encode_qa
+    hf = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    before = hf.backend_tokenizer.to_str()
+    context = "the river runs past the old mill and on to the sea. " * 12
+    examples = [{"id": "q", "question": "where does the river run " * 8, "context": context,
+                 "answers": {"text": ["the sea"], "answer_start": [context.index("the sea")]},
+                 "origin": "t:q"}]
+    features, windows = encode_qa(examples, hf, max_seq_length=64, doc_stride=16,
+                                  max_query_length=8)
+    assert len(features) > 1 and all(len(f["input_ids"]) <= 64 for f in features)
+    assert hf.backend_tokenizer.to_str() == before

@@ -46,6 +46,16 @@ class QAWindow:
     cls_index: int
 
 
+def plain_backend(tokenizer) -> tokenizers.Tokenizer:
+    """A private copy of the tokenizer's `tokenizers` pipeline with no padding or truncation:
+    flaxbert's Tokenizer hands out copies, but a transformers tokenizer's backend_tokenizer is
+    its live object, and a tokenizer.json may pad every encoding to a fixed length."""
+    backend = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()
+    backend.no_truncation()
+    return backend
+
+
 def question_first(tokenizer) -> bool:
     """Whether the question is the first sequence (every tokenizer but left-padding XLNet's)."""
     return tokenizer.padding_side == "right"
@@ -60,8 +70,7 @@ def question_context_windows(tokenizer, questions: Sequence[str], contexts: Sequ
     if len(questions) != len(contexts):
         raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
     first = question_first(tokenizer)
-    backend = tokenizer.backend_tokenizer  # a private copy: safe to configure
-    backend.no_padding()
+    backend = plain_backend(tokenizer)
     backend.enable_truncation(max_length, stride=stride,
                               strategy="only_second" if first else "only_first",
                               direction="right")
@@ -265,7 +274,7 @@ def _cut_questions(backend: tokenizers.Tokenizer, questions: list[str],
                              f"max_query_length={max_query_length}")
         cut_count, first = cut_count + 1, first or origin
         longest = max(longest, len(encoding.ids))
-        while len(encoding.ids) > max_query_length:
+        while len(encoding.ids) > max_query_length and question:
             # Each pass drops at least one character, so it ends.
             question = question[:min(encoding.offsets[max_query_length][0], len(question) - 1)]
             encoding = backend.encode(question, add_special_tokens=False)
@@ -317,7 +326,7 @@ def encode_qa(examples: Sequence[Mapping], tokenizer, *, max_seq_length: int = 3
         if missing:
             raise ValueError(f"{example.get('origin', f'example {i}')}: the example has no "
                              f"{missing[0]!r} (keys: {sorted(example)})")
-    backend = tokenizer.backend_tokenizer
+    backend = plain_backend(tokenizer)
     specials = backend.post_processor.num_special_tokens_to_add(True) \
         if backend.post_processor else 0
     room = max_seq_length - max_query_length - specials
