@@ -192,3 +192,80 @@ def test_span_labels_point_at_the_answer_in_padded_rows(kind, style, tmp_path):
             assert row[start] == features[index]["input_ids"][features[index]["start_positions"]]
             checked += 1
     assert checked >= 25
+
+
+def test_training_steps_equal_transformers_and_torch_adamw(checkpoint, tmp_path):
+    """Same weights, same batches, dropout off: the question_answering objective and the
+    fine-tuning optimizer (AdamW, linear decay, clipping at 1.0) follow transformers'
+    <Family>ForQuestionAnswering loss under torch AdamW step for step (padding masked on both
+    sides, as flaxbert's loss does)."""
+    import jax
+    import optax
+
+    import flaxbert
+    from flaxbert.tasks.qa import encode_qa, read_squad
+    from flaxbert.tokenizer import Tokenizer
+    from flaxbert.training.finetune import finetune_config
+    from flaxbert.training.objectives import get_objective
+    from flaxbert.training.optim import make_optimizer
+    steps, size, length = 12, 8, 64
+    examples = read_squad(str(squad_file(tmp_path / "t.json", 60, np.random.RandomState(7))))
+    features, _ = encode_qa(examples, Tokenizer.from_pretrained(checkpoint),
+                            max_seq_length=length, doc_stride=16, max_query_length=16)
+    assert len(features) >= steps * size
+    order = np.random.RandomState(0).permutation(len(features))
+
+    def batch(k):
+        rows = [features[i] for i in order[k * size:(k + 1) * size]]
+        out = {key: np.zeros((size, length), np.int32)
+               for key in ("input_ids", "token_type_ids", "attention_mask")}
+        for r, f in enumerate(rows):
+            n = len(f["input_ids"])
+            out["input_ids"][r, :n], out["token_type_ids"][r, :n] = f["input_ids"], \
+                f["token_type_ids"]
+            out["attention_mask"][r, :n] = 1
+        out["labels"] = np.array([[f["start_positions"], f["end_positions"]] for f in rows],
+                                 np.int32)
+        return out
+
+    model, params = flaxbert.from_pretrained(checkpoint, task="question-answering")
+    objective = get_objective("question_answering", model.config)
+    c = finetune_config()
+    c.optimizer.learning_rate, c.optimizer.weight_decay = 1e-3, 0.0
+    tx, _ = make_optimizer(c.optimizer, steps)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, b):
+        (loss, _), grads = jax.value_and_grad(
+            lambda p: objective.loss(p, b, deterministic=True), has_aux=True)(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    torch_model = transformers.AutoModelForQuestionAnswering.from_pretrained(checkpoint).eval()
+    head = params["qa_outputs"]["dense"]
+    with torch.no_grad():  # the same fresh head on both sides
+        torch_model.qa_outputs.weight.copy_(torch.tensor(np.asarray(head["kernel"]).T))
+        torch_model.qa_outputs.bias.copy_(torch.tensor(np.asarray(head["bias"])))
+    adamw = torch.optim.AdamW(torch_model.parameters(), lr=1e-3, eps=1e-8, weight_decay=0.0)
+    schedule = transformers.get_linear_schedule_with_warmup(adamw, 0, steps)
+    ours, theirs = [], []
+    for k in range(steps):
+        b = batch(k)
+        params, state, loss = step(params, state, b)
+        t = {key: torch.as_tensor(b[key]).long() for key in b}
+        out = torch_model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
+                          token_type_ids=t["token_type_ids"])
+        keep = t["attention_mask"].bool()
+        reference = sum(torch.nn.functional.cross_entropy(logits.masked_fill(~keep, -1e9),
+                                                          t["labels"][:, j])
+                        for j, logits in enumerate((out.start_logits, out.end_logits))) / 2
+        adamw.zero_grad()
+        reference.backward()
+        torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 1.0)
+        adamw.step()
+        schedule.step()
+        ours.append(float(loss))
+        theirs.append(float(reference.detach()))
+    assert ours[-1] < ours[0] - 0.5  # it trains: the comparison is not of a flat line
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4)
