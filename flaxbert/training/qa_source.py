@@ -63,30 +63,14 @@ class QuestionAnsweringData(TaskData):
                 "labels": np.zeros((batch_size, 2), np.int32),
                 "example_weights": np.ones((batch_size,), np.float32)}
 
-    def _batches(self, features, *, train: bool, state=None, offset: int = 0):
+    def _batches(self, features, *, train: bool, state=None):
         return _SpanBatches(super()._batches(features, train=train, state=state), features,
-                            left=self.tokenizer.padding_side == "left", offset=offset)
-
-    def eval_passes(self):
-        prefix = "eval_" if len(self.eval_sets) <= 1 else None
-        passes, offset = [], 0
-        for name, features in self.eval_sets:
-            # Feature indices are made unique across the sets, so that the outputs say which
-            # set (and which window of it) each row is.
-            passes.append((prefix or f"eval_{name}_",
-                           self._batches(features, train=False, offset=offset)))
-            offset += len(features)
-        return passes
+                            left=self.tokenizer.padding_side == "left")
 
     def outputs_metrics(self, outputs: list[dict]) -> dict:
         from flaxbert.tasks.qa_decode import decode_spans
         from flaxbert.tasks.squad_metrics import squad_metrics
-        index = np.concatenate([o["example_index"] for o in outputs])
-        offset = 0
-        for s, (_, features) in enumerate(self.eval_sets):
-            if offset <= index.min() < offset + len(features):
-                break
-            offset += len(features)
+        s, offset = self.eval_set_of(outputs)
         examples, windows = self.qa_examples[s], self.qa_windows[s]
         starts, ends = [None] * len(windows), [None] * len(windows)
         left = self.tokenizer.padding_side == "left"
@@ -137,20 +121,18 @@ def _span_labels(features, index: np.ndarray, mask: np.ndarray, left: bool) -> n
 
 
 class _SpanBatches:
-    """Task batches (resumable through TaskBatches' `state()`) with the span labels, and
-    feature indices moved by `offset`."""
+    """Task batches (resumable through TaskBatches' `state()`) with the span labels."""
 
-    def __init__(self, inner, features, *, left: bool, offset: int = 0):
-        self.inner, self.features, self.left, self.offset = inner, features, left, offset
+    def __init__(self, inner, features, *, left: bool):
+        self.inner, self.features, self.left = inner, features, left
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
         batch = dict(next(self.inner))
-        index = batch["example_index"]
-        batch["labels"] = _span_labels(self.features, index, batch["attention_mask"], self.left)
-        batch["example_index"] = np.where(index >= 0, index + self.offset, -1).astype(np.int32)
+        batch["labels"] = _span_labels(self.features, batch["example_index"],
+                                       batch["attention_mask"], self.left)
         return batch
 
     def __getattr__(self, name):  # state(), real_token_fraction, ... of the inner stream

@@ -363,11 +363,23 @@ class TaskData:
                              state=state if state and "epoch" in state else None)
 
     def eval_passes(self):
+        """[(metric prefix, batches)] per evaluation set. Feature indices (example_index) are
+        made unique across the sets, so that outputs say which set, and which feature of it,
+        each row is (`eval_set_of`)."""
         prefix = "eval_" if len(self.eval_sets) <= 1 else None
-        if self.long_inputs == "windows":
-            return self._window_passes(prefix)
-        return [(prefix or f"eval_{name}_", self._batches(features, train=False))
-                for name, features in self.eval_sets]
+        passes, offset, self._eval_offsets = [], 0, []
+        for name, features in self.eval_sets:
+            self._eval_offsets.append(offset)
+            passes.append((prefix or f"eval_{name}_",
+                           _offset_index(self._batches(features, train=False), offset)))
+            offset += len(features)
+        return passes
+
+    def eval_set_of(self, outputs: list[dict]) -> tuple[int, int]:
+        """(index into eval_sets, its first feature index) of an evaluation pass's outputs."""
+        first = int(min(o["example_index"].min() for o in outputs))
+        s = max(i for i, start in enumerate(self._eval_offsets) if start <= first)
+        return s, self._eval_offsets[s]
 
     def outputs_metrics(self, outputs: list[dict]) -> dict:
         """The task's metrics on an evaluation pass's (logits, labels) rows."""
@@ -500,24 +512,12 @@ class TaskData:
             grouped.append(feature)
         return grouped
 
-    def _window_passes(self, prefix):
-        """Evaluation passes whose example_index is unique across the sets, so that the outputs
-        say which set (and which window of it) each row is."""
-        passes, offset, self._eval_offsets = [], 0, []
-        for name, cut in self.eval_sets:
-            self._eval_offsets.append(offset)
-            passes.append((prefix or f"eval_{name}_",
-                           _offset_index(self._batches(cut, train=False), offset)))
-            offset += len(cut)
-        return passes
-
     def _document_outputs(self, outputs) -> tuple[list, list]:
         """Window rows -> per-document (logits, labels) lists, as outputs_metrics reads them,
         for the documents whose windows were all evaluated (train.eval_batches may stop early)."""
         from flaxbert.tasks.windows import WindowLayout, document_token_logits, pool_window_logits
-        first = int(min(o["example_index"].min() for o in outputs))
-        s = max(i for i, start in enumerate(self._eval_offsets) if start <= first)
-        offset, cut = self._eval_offsets[s], self.eval_sets[s][1]
+        s, offset = self.eval_set_of(outputs)
+        cut = self.eval_sets[s][1]
         layout, rows = cut.layout, {}
         for o in outputs:
             rows.update((int(i) - offset, x) for i, x in zip(o["example_index"], o["logits"]))
