@@ -5,12 +5,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 TINY_HF = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                intermediate_size=37, max_position_embeddings=64, type_vocab_size=2,
                hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache_of_this_run(tmp_path_factory):
+    """JAX's persistent compilation cache (flaxbert.compile_cache) in a folder of this run, never
+    the user's ~/.cache: the CLI subprocesses and in-process engines of one run share it."""
+    if "FLAXBERT_CACHE_DIR" not in os.environ:
+        os.environ["FLAXBERT_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax-compilation-cache"))
+    return os.environ["FLAXBERT_CACHE_DIR"]
 
 
 @pytest.fixture
@@ -59,6 +70,20 @@ def set_fields(config, **fields):
             node = node[p]
         node[leaf] = value
     return config
+
+
+def marker_tsv(path, n, rs, words, marker):
+    """A GLUE-style SST-2 TSV (`sentence`, `label` ids 0 / 1, as GLUE's files hold them) of the
+    synthetic task: label 1 when `marker` occurs among 3-7 random `words`."""
+    lines = ["sentence\tlabel"]
+    for _ in range(n):
+        sentence = list(rs.choice(words, rs.randint(3, 8)))
+        label = int(rs.rand() < 0.5)
+        if label:
+            sentence.insert(rs.randint(len(sentence) + 1), marker)
+        lines.append(f"{' '.join(sentence)}\t{label}")
+    Path(path).write_text("\n".join(lines) + "\n")
+    return path
 
 
 def tiny_bert_checkpoint(root, lines, *, vocab_size=120, max_positions=64, **bert_fields):

@@ -10,7 +10,7 @@ import torch
 import transformers
 
 import flaxbert
-from conftest import set_fields, tiny_bert_checkpoint
+from conftest import marker_tsv, set_fields, tiny_bert_checkpoint
 from flaxbert.training.finetune import finetune, finetune_config
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
@@ -118,14 +118,7 @@ def test_cli_finetune_evaluate_and_predict(checkpoint, tmp_path, capsys):
     from flaxbert.cli import main
     rs = np.random.RandomState(3)
     for split, n in (("train", 256), ("dev", 48)):
-        lines = ["sentence\tlabel"]
-        for _ in range(n):
-            words = list(rs.choice(WORDS, rs.randint(3, 8)))
-            label = int(rs.rand() < 0.5)
-            if label:
-                words.insert(rs.randint(len(words) + 1), MARKER)
-            lines.append(f"{' '.join(words)}\t{label}")
-        (tmp_path / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+        marker_tsv(tmp_path / f"{split}.tsv", n, rs, WORDS, MARKER)
     workdir = tmp_path / "run"
     assert main(["finetune", "--config", f"{CONFIGS}/finetune_glue.py:sst2,tiny", "--workdir",
                  str(workdir), f"--config.model={checkpoint}",

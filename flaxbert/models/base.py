@@ -54,10 +54,12 @@ class Backbone(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 segment_ids=None, output_hidden_states: bool = False,
+                 segment_ids=None, pool_positions=None, output_hidden_states: bool = False,
                  output_attentions: bool = False) -> Output:
         """`segment_ids` (batch, length): packed rows (flaxbert.packing), 1, 2, ... per example
-        and 0 for padding; attention then stays within each example."""
+        and 0 for padding; attention then stays within each example. `pool_positions`
+        (batch, P): pool each packed example's first token instead of token 0 of the row;
+        pooler_output is then (batch, P, hidden)."""
         cfg = self.config
         check_tokens(cfg, input_ids, attention_mask, token_type_ids, position_ids,
                      segment_ids=segment_ids)
@@ -79,9 +81,15 @@ class Backbone(nn.Module):
         embedded = x
         x, hidden, probs = encoder(x, mask, output_hidden_states=output_hidden_states,
                                    output_attentions=output_attentions)
+        pooled = None
+        if self.add_pooling_layer and pool_positions is None:
+            pooled = self.pooler_cls(cfg, name="pooler")(x)
+        elif self.add_pooling_layer:  # each example's first token as a row of its own
+            first = gather_positions(x, pool_positions).reshape(-1, 1, x.shape[-1])
+            pooled = self.pooler_cls(cfg, name="pooler")(first).reshape(*pool_positions.shape, -1)
         return Output(
             last_hidden_state=x,
-            pooler_output=self.pooler_cls(cfg, name="pooler")(x) if self.add_pooling_layer else None,
+            pooler_output=pooled,
             hidden_states=None if hidden is None else (embedded,) + hidden,
             attentions=probs)
 
@@ -129,6 +137,8 @@ class TaskModel(nn.Module):
                                      shared_embeddings=self.shared_embeddings, name="backbone")
         # Only packed calls pass segment_ids, so backbones without them keep their signature.
         packed = {} if segment_ids is None else {"segment_ids": segment_ids}
+        if head_inputs.get("example_positions") is not None and self.uses_pooler:
+            packed["pool_positions"] = head_inputs["example_positions"]
         out = backbone(*inputs, output_hidden_states=output_hidden_states,
                        output_attentions=output_attentions, **packed)
         result = self.head(backbone, out, inputs[1], deterministic, **head_inputs)
@@ -200,9 +210,19 @@ class ForSequenceClassification(TaskModel):
     task: ClassVar[str] = "sequence-classification"
     head_cls: ClassVar[Any] = PooledClassifier
 
-    def head(self, backbone, out, attention_mask, deterministic):
-        return dict(logits=self.head_cls(self.config, self.config.num_labels, deterministic,
-                                         name="classifier")(out))
+    def head(self, backbone, out, attention_mask, deterministic, example_positions=None):
+        """`example_positions` (batch, P): packed rows; logits (batch, P, num_labels), each
+        example classified from its own first token (and pooled output) as if alone."""
+        classifier = self.head_cls(self.config, self.config.num_labels, deterministic,
+                                   name="classifier")
+        if example_positions is None:
+            return dict(logits=classifier(out))
+        first = gather_positions(out.last_hidden_state, example_positions)
+        pooled = out.pooler_output
+        alone = Output(last_hidden_state=first.reshape(-1, 1, first.shape[-1]),
+                       pooler_output=None if pooled is None else
+                       pooled.reshape(-1, pooled.shape[-1]))
+        return dict(logits=classifier(alone).reshape(*example_positions.shape, -1))
 
 
 class ForTokenClassification(TaskModel):

@@ -12,7 +12,9 @@ from flaxbert.layers.peft import is_peft_path
 
 def trainable_mask(params, config: EncoderConfig):
     """A tree of bools like `params` (boxed or not): True for LoRA / adapter weights and the task
-    head (everything outside `backbone`), False for the frozen backbone. peft="none": all True."""
+    head (everything outside `backbone`), False for the frozen backbone. peft="none": all True.
+    The optimizer (`freeze`) and the train step (which differentiates only the True leaves, via
+    flaxbert.training.optim.trainable_leaves) both follow it, so they cannot disagree."""
     def trains(path, _):
         names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
         return config.peft == "none" or names[0] != "backbone" or is_peft_path(names)

@@ -16,7 +16,8 @@ stay (B, L).
 
 Each epoch is shuffled by (seed, epoch) alone, so `state()` (JSON: epoch, index of the next
 batch in it) is all a checkpoint needs: `TaskBatches(..., state=saved)` continues with the same
-next batch. `real_token_fraction` is the share of real tokens in the batches produced so far.
+next batch. `real_token_fraction` is the share of real tokens in the batches produced so far;
+`rows_per_epoch` the rows an epoch fills (the features, or the packed rows).
 """
 from __future__ import annotations
 
@@ -119,6 +120,14 @@ class TaskBatches(Iterator[dict]):
     def real_token_fraction(self) -> float:
         """Real tokens / computed tokens over the batches produced so far (nan before any)."""
         return self.real_tokens / self.computed_tokens if self.computed_tokens else float("nan")
+
+    @property
+    def rows_per_epoch(self) -> int:
+        """Rows of all processes in an epoch: one per feature, or the packed rows (their count
+        depends on the lengths alone, not on the epoch's order)."""
+        if not self.pack:
+            return len(self.features)
+        return len(self.plan(self.epoch)[0][0]["input_ids"])
 
     # ---- plan -----------------------------------------------------------------------------
     def _rng(self, epoch: int) -> np.random.Generator:

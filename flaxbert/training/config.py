@@ -141,10 +141,13 @@ def check_config(c: ml_collections.ConfigDict, source: str | None = None) -> Non
                             "(--config.model=DIR) or a registered name")
         need(c.task.max_seq_length >= 1,
              f"task.max_seq_length={c.task.max_seq_length} must be >= 1")
-        # TaskBatches packs rows, but the task objectives do not yet read segment_ids or pool
-        # per packed example: refuse rather than train across example boundaries.
-        need(not c.task.pack, "task.pack=True is not supported by the fine-tuning objectives "
-                              "yet; use the default length buckets")
+        packable = sorted(k for k, v in OBJECTIVES.items() if getattr(v, "packable", False))
+        need(not c.task.pack or c.objective in packable,
+             f"task.pack=True: objective {c.objective!r} cannot train on packed rows (only "
+             f"{packable} can); use the default length buckets")
+        need(not c.task.pack or c.task.get("long_inputs", "truncate") == "truncate",
+             f"task.pack=True packs short examples, task.long_inputs="
+             f"{c.task.get('long_inputs')!r} cuts long ones into full rows: use one or the other")
         need(c.task.overflow in ("truncate", "error"),
              f"task.overflow={c.task.overflow!r}; choose 'truncate' or 'error'")
         need(c.train.num_epochs >= 0, f"train.num_epochs={c.train.num_epochs} must be >= 0")

@@ -528,15 +528,33 @@ class PermutationLM(Objective):
 class TaskObjective(Objective):
     """A fine-tuning task: a task model with a fresh (or saved) head and the loss transformers'
     `<Family>For<Task>` computes. Batches: input_ids, attention_mask, token_type_ids and `labels`
-    (plus the optional example_weights, 0 for the padding rows of a last batch)."""
+    (plus the optional example_weights, 0 for the padding rows of a last batch).
+
+    Packed batches (flaxbert.tasks.batching, pack=True; objectives with `packable`) add
+    segment_ids and position_ids (attention stays within each example, positions restart at
+    each) and per example (batch, P) example_positions / example_weights, and for sequence
+    tasks labels (batch, P): every packed example is scored as if it had a row of its own, so
+    the loss and its gradient are those of the same examples unpacked. The training metrics
+    carry `real_token_fraction`, the share of the batch's tokens that are not padding."""
 
     data = "task"
+    packable: ClassVar[bool] = False  # may train on packed rows (task.pack)
 
     def required_keys(self):
         return TOKEN_KEYS + ("labels",)
 
     def head_inputs(self, batch) -> dict:
         return {}
+
+    @staticmethod
+    def packed(batch) -> bool:
+        return "segment_ids" in batch
+
+    def packed_inputs(self, batch) -> dict:
+        """The network's extra inputs for a packed batch; {} for a padded one."""
+        if not self.packed(batch):
+            return {}
+        return {"segment_ids": batch["segment_ids"], "position_ids": batch["position_ids"]}
 
     def check_batch(self, batch):
         missing = [k for k in self.required_keys() if k not in batch]
@@ -548,17 +566,44 @@ class TaskObjective(Objective):
         if len(shape) != rank:
             raise ValueError(f"objective {self.name!r}: input_ids must have rank {rank}, got "
                              f"shape {shape}")
-        if jnp.shape(batch["labels"]) != shape[:self.label_rank]:
+        labels = shape[:self.label_rank]
+        if self.packed(batch):
+            self._check_packed(batch, shape)
+            if self.label_rank == 1:  # one label per packed example
+                labels = jnp.shape(batch["example_positions"])
+        if jnp.shape(batch["labels"]) != labels:
             raise ValueError(f"objective {self.name!r}: labels must have shape "
-                             f"{shape[:self.label_rank]}, got {jnp.shape(batch['labels'])}")
+                             f"{labels}, got {jnp.shape(batch['labels'])}")
+
+    def _check_packed(self, batch, shape):
+        if not self.packable:
+            raise ValueError(f"objective {self.name!r} cannot train on packed rows (segment_ids "
+                             "in the batch); batch it with pack=False")
+        keys = ("position_ids", "example_positions", "example_weights")
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise ValueError(f"objective {self.name!r}: a packed batch (segment_ids) needs "
+                             f"{missing}; the batch has {sorted(batch)}")
+        for key in ("segment_ids", "position_ids"):
+            if jnp.shape(batch[key]) != shape:
+                raise ValueError(f"{key} has shape {jnp.shape(batch[key])}, input_ids {shape}")
+        slots = jnp.shape(batch["example_positions"])
+        if len(slots) != 2 or slots[0] != shape[0] or \
+                jnp.shape(batch["example_weights"]) != slots:
+            raise ValueError(f"example_positions and example_weights must be (batch, examples "
+                             f"per row) with batch {shape[0]}, got {slots} and "
+                             f"{jnp.shape(batch['example_weights'])}")
 
     label_rank: ClassVar[int] = 1
 
     def logits(self, params, batch, rng=None, deterministic=True):
-        return self.apply(self.model, params, self.tokens(batch), rng, deterministic).logits
+        return self.apply(self.model, params, self.tokens(batch), rng, deterministic,
+                          **self.packed_inputs(batch)).logits
 
     def compute(self, params, batch, rng, deterministic, frozen):
-        return self.scored(self.logits(params, batch, rng, deterministic), batch)
+        loss, metrics = self.scored(self.logits(params, batch, rng, deterministic), batch)
+        real = jnp.mean((batch["attention_mask"] > 0).astype(jnp.float32))
+        return loss, {**metrics, "real_token_fraction": real}
 
     def scored(self, logits, batch) -> tuple[jax.Array, dict]:
         loss, accuracy = losses.token_cross_entropy(
@@ -583,11 +628,17 @@ class SequenceClassification(TaskObjective):
 
     name = "classification"
     task = "sequence-classification"
+    packable = True
+
+    def packed_inputs(self, batch):
+        inputs = super().packed_inputs(batch)
+        return {**inputs, "example_positions": batch["example_positions"]} if inputs else {}
 
     def scored(self, logits, batch):
         if self.config.num_labels > 1:
             return super().scored(logits, batch)
-        error = jnp.square(logits[:, 0].astype(jnp.float32) - batch["labels"].astype(jnp.float32))
+        error = jnp.square(logits[..., 0].astype(jnp.float32)
+                           - batch["labels"].astype(jnp.float32))
         mse = losses.weighted_mean(error, self.row_weights(batch))
         return mse, {"mse": mse}
 
@@ -599,9 +650,12 @@ class TokenClassification(TaskObjective):
     name = "token_classification"
     task = "token-classification"
     label_rank = 2
+    packable = True
 
     def label_weights(self, batch):
-        return self.row_weights(batch, (batch["labels"] != IGNORE).astype(jnp.float32))
+        per_token = (batch["labels"] != IGNORE).astype(jnp.float32)
+        # Packed rows weigh examples, not rows; their padding already holds IGNORE labels.
+        return per_token if self.packed(batch) else self.row_weights(batch, per_token)
 
 
 class MultipleChoice(TaskObjective):
@@ -663,6 +717,7 @@ class ChunkClassification(SequenceClassification):
 
     name = "chunk_classification"
     task = "chunk-classification"
+    packable = False  # its rows are a document's chunks already
     defaults = {"label_smoothing": 0.0, "max_chunks": 8, "chunk_pooling": "attention",
                 "cls_position": "first", "chunk_length": None, "stride": 0}
 

@@ -163,6 +163,24 @@ def make_optimizer(cfg: Mapping[str, Any], total_steps: int, params=None, model_
     return optax.apply_if_finite(tx, _NEVER), schedule
 
 
+def trainable_leaves(cfg: Mapping[str, Any], params, model_config=None):
+    """A tree of bools like `params` (boxed, abstract or concrete): True for the leaves the
+    optimizer of `make_optimizer(cfg, ..., model_config=model_config)` can update at some step
+    of the run, False for those it always hands a zero update (the base under PEFT, all but the
+    head under freeze_encoder). None when that is every leaf, as under gradual unfreezing (each
+    depth trains from its step on). The train step differentiates the True leaves only."""
+    masks = []
+    if _get(cfg, "freeze_encoder"):
+        masks.append(param_groups.is_head(params, _field(cfg)))
+    if getattr(model_config, "peft", "none") != "none":
+        from flaxbert.peft import trainable_mask
+        masks.append(trainable_mask(params, model_config))
+    if not masks:
+        return None
+    trains = jax.tree_util.tree_map(lambda *flags: all(flags), *masks)
+    return None if all(jax.tree_util.tree_leaves(trains)) else trains
+
+
 def _field(cfg) -> str:
     """The first fine-tuning option in use, for errors about the model it is applied to."""
     return next((f"optimizer.{k}" for k in FINETUNE_DEFAULTS

@@ -7,7 +7,8 @@ workdir so a later export needs nothing else.
 
     PretrainingData  `flaxbert prepare` directories -> masked (or plain) batches, mean metrics
     TaskData         CSV / TSV / JSON(L) / CoNLL / SWAG / tfds: / hf: files -> bucketed task
-                     batches, with the task's metrics (GLUE's, entity F1, ...) on the predictions
+                     batches (training rows packed with task.pack), with the task's metrics
+                     (GLUE's, entity F1, ...) on the predictions
 """
 from __future__ import annotations
 
@@ -174,6 +175,7 @@ class TaskData:
             self.label_names = description.get("labels")
             self._model_config = _config_from_dict(description["model"])
             self.train_features = self.initial_params = None
+            self._packing = {}
             return
         source = t.tokenizer or config.model
         if not Path(source).is_dir():
@@ -190,10 +192,12 @@ class TaskData:
             else list(self.label_map.names)
         self._model_config, self.initial_params = self._model()
         self.train_features = None if train is None else self._features(train)
+        self._packing = self._packing_conventions() if t.pack else {}
         epochs = config.train.get("num_epochs", 0)
         if epochs and train is not None:  # the schedule is built after the data, from this
+            rows = self._batches(self.train_features, train=True).rows_per_epoch
             config.train.num_steps = max(1, math.ceil(
-                epochs * len(self.train_features) / config.train.global_batch_size))
+                epochs * rows / config.train.global_batch_size))
         self.eval_sets = []
         for i, spec in enumerate(s.strip() for s in str(config.data.validation).split(",")):
             if spec:
@@ -353,8 +357,24 @@ class TaskData:
                            padding_side=self.tokenizer.padding_side,
                            buckets=tuple(t.buckets) or None, shuffle=train,
                            seed=self.config.data.seed, repeat=train, pack=bool(t.pack and train),
+                           **(self._packing if train else {}),
                            process_index=jax.process_index(), process_count=jax.process_count(),
                            state=state)
+
+    def _packing_conventions(self) -> dict:
+        """The positions packed rows give (flaxbert.packing: restarting per example, from the
+        family's first position); one clear error for a model that takes no segment ids."""
+        import inspect
+
+        from flaxbert.packing import packing_conventions
+        model = registry.family_of(self._model_config).model(_TASK_OF[self.kind],
+                                                             self._model_config)
+        if "segment_ids" not in inspect.signature(type(model).__call__).parameters:
+            raise ValueError(f"task.pack=True: {type(model).__name__} takes no segment ids, so "
+                             "packed examples would attend to each other; use the default "
+                             "length buckets")
+        conventions = packing_conventions(model)
+        return {k: conventions[k] for k in ("position_offset", "pad_position")}
 
     def train_batches(self, state: dict | None):
         if self.train_features is None:
