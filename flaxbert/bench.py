@@ -195,17 +195,20 @@ def bench_torch(args, config, compiled: bool) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
     head = (f"{'impl':<14} {'mode':<9} {'model':<26} {'S':>4} {'B':>4} {'seq/s':>9} "
             f"{'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'step ms':>8} {'compile s':>9} "
-            f"{'vs torch':>8}")
+            f"{'peak GB':>7} {'vs torch':>8}")
     lines = [head]
     for r in rows:
         ref = [o for o in rows if o["impl"] == "torch eager"
                and all(o[k] == r[k] for k in ("mode", "model", "seq_len", "batch"))]
         ratio = f"{r['seq_per_s'] / ref[0]['seq_per_s']:.2f}x" if ref else "-"
         mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "-"
+        # The device's peak since the process started (jax keeps no per-phase peak); "-" where
+        # the backend reports none (CPU) and for torch rows.
+        peak_gb = f"{r['peak_mem_gb']:.2f}" if r.get("peak_mem_gb") is not None else "-"
         lines.append(f"{r['impl']:<14} {r['mode']:<9} {r['model']:<26} {r['seq_len']:>4} "
                      f"{r['batch']:>4} {r['seq_per_s']:>9.1f} {r['tokens_per_s']:>10.0f} "
                      f"{r['tflops_per_s']:>8.3f} {mfu:>6} {r['step_ms']:>8.2f} "
-                     f"{r['compile_s']:>9.1f} {ratio:>8}")
+                     f"{r['compile_s']:>9.1f} {peak_gb:>7} {ratio:>8}")
     return "\n".join(lines)
 
 
@@ -280,9 +283,10 @@ def _run_command(args):
 
 
 def add_bench_parser(commands) -> None:
+    from flaxbert.cli_help import RawDescriptionDefaultsFormatter
     p = commands.add_parser("bench", help="train/inference throughput and MFU, optionally vs "
                                           "transformers' PyTorch model", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=RawDescriptionDefaultsFormatter)
     p.add_argument("--model", default="bert-base-uncased", help="registered model name")
     p.add_argument("--mode", choices=("train", "inference", "both"), default="both")
     p.add_argument("--seq-len", type=int, default=128)

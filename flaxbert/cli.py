@@ -15,9 +15,18 @@ def _convert(args) -> None:
     import flaxbert
     from flaxbert.io import check_destination
     from flaxbert.models import registry
+    from flaxbert.convert import with_num_labels
+    from flaxbert.hub import resolve
     check_destination(args.dst, args.overwrite)  # before loading: refuse early, not after
-    model, params = flaxbert.from_pretrained(args.src, task=args.task)
-    extra = [Path(args.src) / name for name in TOKENIZER_FILES if (Path(args.src) / name).is_file()]
+    if args.num_labels is not None and args.num_labels < 1:  # refused before loading, too
+        raise ValueError(f"--num-labels {args.num_labels}: a head needs at least 1 label")
+    src = resolve(args.src)  # a local directory, or a hub id's snapshot
+    if args.num_labels is None:
+        model, params = flaxbert.from_pretrained(src, task=args.task)
+    else:  # loaded with its own head first, so that a head of another size can be told apart
+        model, params = with_num_labels(*flaxbert.from_pretrained(src), args.num_labels, args.task,
+                                        replace_head=args.ignore_mismatched_sizes, source=str(src))
+    extra = [src / name for name in TOKENIZER_FILES if (src / name).is_file()]
     flaxbert.save_pretrained(args.dst, model, params, format=args.to, overwrite=args.overwrite,
                              max_shard_size=args.max_shard_size, extra_files=extra)
     family = registry.family_of(model.config).name
@@ -37,6 +46,9 @@ def _extend_positions(args) -> None:
 def _models(args) -> None:
     import flaxbert
     from flaxbert.models import registry
+    if args.task not in flaxbert.TASKS:
+        raise ValueError(f"--task {args.task!r} is not a task; choose one of "
+                         f"{', '.join(flaxbert.TASKS)}")
     print(f"{'name':<28} {'family':<10} {'layers':>6} {'hidden':>6} {'heads':>5} {'params':>14}")
     for name in flaxbert.list_models():
         c = flaxbert.get_config(name)
@@ -48,22 +60,34 @@ def _models(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from flaxbert.cli_help import CommandParser, tasks_epilog
+    parser = CommandParser(  # every command's --help shows its flags' defaults
         prog="flaxbert", description="The BERT family in JAX/Flax: models, conversion, training.")
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log at INFO level, and show the traceback of an error")
+                        help="log at INFO level, show the libraries' start-up messages "
+                             "(TensorFlow, jax, Orbax), and the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     convert = commands.add_parser(
         "convert", help="convert a checkpoint between transformers (hf) and flaxbert (flax) formats",
         description="Convert SRC (a transformers or flaxbert directory) to DST in the --to format. "
-                    "Tokenizer files in SRC are copied along. DST is written atomically.")
-    convert.add_argument("src", help="source checkpoint directory")
+                    "Tokenizer files in SRC are copied along. DST is written atomically.",
+        epilog=tasks_epilog)
+    convert.add_argument("src", help="source checkpoint directory, or a Hugging Face Hub id "
+                                     "(org/name: downloaded, or from the HF cache with "
+                                     "HF_HUB_OFFLINE=1)")
     convert.add_argument("dst", help="destination directory (must not exist unless --overwrite)")
     convert.add_argument("--to", required=True, choices=("flax", "hf"),
                          help="flax: flaxbert.json + Orbax params; hf: transformers safetensors")
     convert.add_argument("--task", default=None,
                          help="head to convert (default: what SRC's config names)")
+    convert.add_argument("--num-labels", type=int, default=None,
+                         help="give the --task head (default: SRC's own if it has labels, else "
+                              "sequence-classification) this many labels; a head SRC lacks is "
+                              "initialised fresh, with a warning naming its weights")
+    convert.add_argument("--ignore-mismatched-sizes", action="store_true",
+                         help="with --num-labels: replace a SRC head that has another number of "
+                              "labels by a fresh one (refused otherwise)")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing DST")
     convert.add_argument("--max-shard-size", default="50GB",
                          help="hf only: shard above this size (default 50GB, as transformers)")
@@ -87,8 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     extend.add_argument("--overwrite", action="store_true", help="replace an existing DST")
     extend.set_defaults(run=_extend_positions)
 
-    models = commands.add_parser("models", help="list registered model names with sizes")
-    models.add_argument("--task", default="base", help="count parameters with this head")
+    models = commands.add_parser("models", help="list registered model names with sizes",
+                                 epilog=tasks_epilog)
+    models.add_argument("--task", default="base",
+                        help="count parameters with this head (one of flaxbert.TASKS; '-' for "
+                             "a family without it)")
     models.set_defaults(run=_models)
 
     from flaxbert.tokenizer_training import add_train_tokenizer_parser
@@ -101,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(commands)
     from flaxbert.inference import add_embed_parser
     add_embed_parser(commands)
+    from flaxbert.plot import add_plot_parser
+    add_plot_parser(commands)
     return parser
 
 
@@ -126,8 +155,12 @@ def error_line(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from flaxbert.quiet import quiet_startup
+    quiet_startup(args.verbose)  # before any command imports TensorFlow
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from flaxbert.compile_cache import enable_compilation_cache
+    enable_compilation_cache()  # a second run on this machine reads its compiles from disk
     try:
         args.run(args)
     except KeyboardInterrupt:

@@ -9,6 +9,16 @@
    masking). Part way through, the run is sent SIGTERM — what a TPU preemption looks like — saves a
    checkpoint and exits; the same command then resumes it to the end.
 5. Export to a transformers directory; PyTorch loads it and fills in masked words.
+6. Fine-tuning (`flaxbert finetune --config configs/demo_finetune.py`): a labelled task made
+   from the same source, which standard-library package a docstring comes from among the six
+   with the most. The same recipe, steps and architecture run twice: from the pre-trained
+   export and from random initialisation. The validation docstrings are held out of the
+   pre-training corpus, so neither run has seen them.
+7. A few validation docstrings through `flaxbert.pipeline("text-classification", export)`, and
+   both runs' curves drawn by `flaxbert.plot` to demo_runs.png.
+
+Every run shares a JAX compilation cache in <workdir>/jax_cache (flaxbert.compile_cache), so
+the resumed pre-training and the second fine-tune reuse the compiled steps of the first.
 """
 from __future__ import annotations
 
@@ -16,6 +26,7 @@ import argparse
 import ast
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -49,8 +60,18 @@ def _paragraphs(doc: str) -> str | None:
     return "\n".join(paragraphs) or None
 
 
+TOPICS = "pydoc_data"  # the source name of pydoc's reference topics
+
+
 def stdlib_docstrings(limit: int | None = None) -> list[str]:
     """Module, class and function docstrings of the stdlib and pydoc's reference topics."""
+    return [doc for _, doc in stdlib_documents(limit)]
+
+
+def stdlib_documents(limit: int | None = None) -> list[tuple[str, str]]:
+    """(source, document) pairs: pydoc's reference topics (source "pydoc_data"), then module,
+    class and function docstrings of the stdlib, each with its top-level module or package
+    ("asyncio" for asyncio/events.py, "typing" for typing.py)."""
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = ("test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo")
     docs = []
@@ -65,10 +86,12 @@ def stdlib_docstrings(limit: int | None = None) -> list[str]:
                         for section in re.split(r"\n(?=\S[^\n]*\n[*=-]{3,})", value.value):
                             doc = _paragraphs(section)
                             if doc:
-                                docs.append(doc)
+                                docs.append((TOPICS, doc))
     for path in sorted(root.rglob("*.py")):
-        if any(part in skip for part in path.relative_to(root).parts):
+        parts = path.relative_to(root).parts
+        if any(part in skip for part in parts):
             continue
+        source = parts[0].removesuffix(".py")
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, ValueError):
@@ -78,10 +101,121 @@ def stdlib_docstrings(limit: int | None = None) -> list[str]:
                 doc = ast.get_docstring(node)
                 doc = _paragraphs(doc) if doc and len(doc) > 80 else None
                 if doc:
-                    docs.append(doc)
+                    docs.append((source, doc))
         if limit and len(docs) >= limit:
             break
     return docs[:limit] if limit else docs
+
+
+def module_task(documents: list[tuple[str, str]], *, modules: int = 6, per_module: int = 150,
+                validation_fraction: float = 0.2, seed: int = 0
+                ) -> tuple[list[str], list[dict], list[dict]]:
+    """The labelled demo task: which package a docstring comes from, among the `modules` public
+    ones with the most docstrings. (names, train, validation): up to `per_module` docstrings of
+    each (balanced, so chance is 1 / modules), split per package; rows are {"text", "label"}.
+    A text found under two packages is dropped: its label would be a coin toss."""
+    by_source: dict[str, set[str]] = {}
+    for source, doc in documents:
+        if source != TOPICS and not source.startswith("_"):
+            by_source.setdefault(source, set()).add(" ".join(doc.split("\n")))
+    seen: dict[str, int] = {}
+    for texts in by_source.values():
+        for text in texts:
+            seen[text] = seen.get(text, 0) + 1
+    by_source = {m: sorted(t for t in texts if seen[t] == 1) for m, texts in by_source.items()}
+    names = sorted(sorted(by_source, key=lambda m: (-len(by_source[m]), m))[:modules])
+    if len(names) < 2:
+        raise ValueError(f"module_task: the documents come from {len(names)} package(s); "
+                         "a classification task needs at least 2")
+    rng = random.Random(seed)
+    train, validation = [], []
+    for name in names:
+        texts = by_source[name]
+        rng.shuffle(texts)
+        texts = texts[:per_module]
+        held_out = max(1, round(len(texts) * validation_fraction))
+        validation += [{"text": t, "label": name} for t in texts[:held_out]]
+        train += [{"text": t, "label": name} for t in texts[held_out:]]
+    rng.shuffle(train)
+    return names, train, validation
+
+
+def corpus_without(documents: list[tuple[str, str]], rows: list[dict]) -> list[str]:
+    """The documents' texts, less those the task rows hold (the validation docstrings, kept
+    out of pre-training so that neither fine-tuned model has read them)."""
+    held_out = {row["text"] for row in rows}
+    return [doc for _, doc in documents if " ".join(doc.split("\n")) not in held_out]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def random_init_like(export: Path, destination: Path, seed: int = 0) -> Path:
+    """`export`'s architecture and tokenizer with freshly initialised weights: the baseline a
+    pre-trained model is measured against starts from the same shapes, ids and code."""
+    import flaxbert
+    from flaxbert.tokenizer import TOKENIZER_FILES
+    model, _ = flaxbert.from_pretrained(export)
+    tokenizer_files = [export / n for n in TOKENIZER_FILES if (export / n).is_file()]
+    flaxbert.save_pretrained(destination, model, flaxbert.init_params(model, seed),
+                             overwrite=True, extra_files=tokenizer_files)
+    return destination
+
+
+def last_evaluation(workdir: Path) -> dict:
+    """The last evaluation row of a run's metrics.jsonl (eval_accuracy, eval_loss, ...)."""
+    from flaxbert.plot import read_metrics
+    rows = [r for r in read_metrics(workdir) if any(k.startswith("eval_") for k in r)]
+    if not rows:
+        raise ValueError(f"{workdir / 'metrics.jsonl'} holds no evaluation")
+    return rows[-1]
+
+
+def compare_finetuning(pretrained: Path, train_file: Path, validation_file: Path, work: Path, *,
+                       config_arg: str = "", steps: int | None = None) -> dict:
+    """`flaxbert finetune --config configs/demo_finetune.py[:config_arg]` from `pretrained` (a
+    transformers directory with its tokenizer) and from a randomly initialised copy of it, on
+    the same files, one after the other. Returns {"pretrained" | "random init": {"workdir",
+    "export", "metrics"}}: the last evaluation's metrics and the exported model."""
+    starts = {"pretrained": Path(pretrained),
+              "random init": random_init_like(Path(pretrained), work / "random_init")}
+    config = REPO / "configs" / ("demo_finetune.py" + (f":{config_arg}" if config_arg else ""))
+    overrides = [f"--config.data.train={train_file}",
+                 f"--config.data.validation={validation_file}"]
+    if steps:
+        overrides += [f"--config.train.num_steps={steps}",
+                      f"--config.optimizer.warmup_steps={steps // 10}",
+                      f"--config.train.log_every={max(1, steps // 10)}",
+                      f"--config.train.eval_every={max(1, steps // 5)}"]
+    results = {}
+    for name, start in starts.items():
+        workdir = work / ("finetune_" + name.replace(" ", "_"))
+        print(f"   -- fine-tuning from {name}: {start}", flush=True)
+        subprocess.run([sys.executable, "-m", "flaxbert.cli", "finetune", "--config", str(config),
+                        "--workdir", str(workdir), f"--config.model={start}", *overrides],
+                       cwd=REPO, check=True)
+        exports = sorted((workdir / "export").glob("step_*"), key=lambda p: int(p.name[5:]))
+        results[name] = {"workdir": workdir, "export": exports[-1],
+                         "metrics": last_evaluation(workdir)}
+    return results
+
+
+def show_predictions(export: Path, examples: list[dict], count: int = 6) -> list[dict]:
+    """Classify `count` of the examples, evenly spaced, with the exported model through the
+    pipeline; print each with its true package and return the pipeline's answers."""
+    import flaxbert
+    classify = flaxbert.pipeline("text-classification", export)
+    chosen = examples[:: max(1, len(examples) // count)][:count]
+    answers = [a[0] if isinstance(a, list) else a for a in classify([e["text"] for e in chosen])]
+    for example, answer in zip(chosen, answers):
+        text = example["text"] if len(example["text"]) <= 70 else example["text"][:67] + "..."
+        mark = "ok" if answer["label"] == example["label"] else "--"
+        print(f"   {mark} {answer['label']:<14} ({answer['score']:.2f})  true {example['label']:<14}"
+              f" \"{text}\"")
+    return answers
 
 
 def _demo_config():
@@ -110,18 +244,27 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default=None, help="where everything goes (default: a temp dir)")
     parser.add_argument("--steps", type=int, default=None, help="override the config's steps")
+    parser.add_argument("--finetune-steps", type=int, default=None,
+                        help="override configs/demo_finetune.py's steps")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="flaxbert-demo-"))
     work.mkdir(parents=True, exist_ok=True)
+    # A cache of the demo's own, so that its time is a first run's: the resumed pre-training and
+    # the second fine-tune (which differs only in its weights) still reuse compiled steps.
+    from flaxbert.compile_cache import enable_compilation_cache
+    enable_compilation_cache(work / "jax_cache")  # JAX is not imported yet: every run inherits it
 
     print(f"== 1. corpus: Python {sys.version.split()[0]} standard-library docstrings and "
           "pydoc reference topics")
-    docs = stdlib_docstrings()
+    documents = stdlib_documents()
+    modules, task_train, task_validation = module_task(documents)
+    docs = corpus_without(documents, task_validation)
     corpus = work / "stdlib_docstrings.txt"
     corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
     words = sum(len(d.split()) for d in docs)
-    print(f"   {len(docs):,} documents, {words:,} words -> {corpus}")
+    print(f"   {len(docs):,} documents, {words:,} words -> {corpus} ({len(documents) - len(docs)}"
+          " held out: step 6's validation docstrings)")
 
     print("== 2. tokenizer: WordPiece, 8,000 tokens, trained on the corpus")
     tok_dir = work / "tokenizer"
@@ -192,7 +335,35 @@ def main(argv: list[str] | None = None) -> int:
                                                     for g in guesses))
     print("   (a 1.5M-parameter model after a few CPU minutes mostly guesses frequent words; the "
           "point is the path: the same commands pre-train bert-base on a TPU or GPU)")
-    print(f"demo finished in {time.perf_counter() - start:.0f} s; everything is in {work}")
+
+    print(f"== 6. fine-tuning: which package is a docstring from? {', '.join(modules)} "
+          f"(chance {1 / len(modules):.2f})")
+    task_dir = work / "module_task"
+    train_file = write_jsonl(task_dir / "train.jsonl", task_train)
+    validation_file = write_jsonl(task_dir / "validation.jsonl", task_validation)
+    print(f"   {len(task_train)} training and {len(task_validation)} validation docstrings -> "
+          f"{task_dir}; configs/demo_finetune.py, the same for both starts")
+    results = compare_finetuning(export, train_file, validation_file, work,
+                                 steps=args.finetune_steps)
+    accuracy = {name: r["metrics"]["eval_accuracy"] for name, r in results.items()}
+
+    print("== 7. predictions of the fine-tuned pre-trained model, through "
+          "flaxbert.pipeline(\"text-classification\", ...)")
+    show_predictions(results["pretrained"]["export"], task_validation)
+    from flaxbert.plot import plot_runs
+    png = work / "demo_runs.png"
+    plot_runs([r["workdir"] for r in results.values()], png, labels=list(results),
+              overwrite=True)
+
+    seconds = time.perf_counter() - start
+    print(f"== validation accuracy on {len(task_validation)} held-out docstrings "
+          f"({len(modules)} packages, chance {1 / len(modules):.2f}):")
+    for name, value in accuracy.items():
+        print(f"   fine-tuned from {name:<12} {value:.3f}")
+    print(f"   pre-trained minus random init: {accuracy['pretrained'] - accuracy['random init']:+.3f}"
+          " accuracy, same recipe and steps")
+    print(f"   curves of both runs: {png}")
+    print(f"demo finished in {seconds:.0f} s ({seconds / 60:.1f} min); everything is in {work}")
     return 0
 
 

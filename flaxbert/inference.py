@@ -19,13 +19,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from flaxbert.layers.config import POOLING
-from flaxbert.layers.heads import l2_normalize, pool
-
+# JAX and the layers are imported where the engine is built, not here: building the
+# `flaxbert embed` parser (every `flaxbert --help`) must not wait for JAX to load.
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512)
 # Tasks whose output carries last_hidden_state.
 HIDDEN_STATE_TASKS = ("base", "embedding")
@@ -46,6 +43,8 @@ class InferenceEngine:
     are dropped and it becomes the last bucket. pooling / normalize default to the model
     config's `pooling` / `normalize_embeddings`. window: texts tokenized and sorted together.
     `compilations` counts traces of each jitted function ("embed", "encode").
+    `progress_label`: set it (the `embed` and `predict` commands do) to show a
+    `flaxbert.progress` bar with that label over the inputs, moved as each batch comes back.
     """
 
     tasks: ClassVar[tuple[str, ...]] = HIDDEN_STATE_TASKS  # heads a subclass can run
@@ -57,6 +56,11 @@ class InferenceEngine:
             raise ValueError(f"{type(self).__name__} needs a model whose output has "
                              f"last_hidden_state (task in {self.tasks}), got task "
                              f"{getattr(model, 'task', None)!r}; load with task='embedding'")
+        import jax
+
+        from flaxbert.compile_cache import enable_compilation_cache
+        from flaxbert.layers.config import POOLING
+        enable_compilation_cache()  # before the first compile: later engines read it from disk
         config = model.config
         self.batch_size = _positive_int("batch_size", batch_size)
         self.window = _positive_int("window", window)
@@ -78,6 +82,7 @@ class InferenceEngine:
         self.model, self.tokenizer = model, tokenizer
         self.params = jax.device_put(params)
         self.compilations: collections.Counter = collections.Counter()
+        self.progress_label: str | None = None
         self._embed = jax.jit(self._embed_batch)
         self._encode = jax.jit(self._encode_batch)
 
@@ -89,7 +94,9 @@ class InferenceEngine:
         import json
 
         from flaxbert.convert import from_pretrained
+        from flaxbert.hub import resolve
         from flaxbert.tokenizer import Tokenizer
+        path = resolve(path)  # once, for the model, the tokenizer and sentence_bert_config.json
         model, params = from_pretrained(path, task="embedding")
         st_config = Path(path) / "sentence_bert_config.json"
         if "max_length" not in kwargs and st_config.is_file():
@@ -99,9 +106,10 @@ class InferenceEngine:
     # ---- the jitted forwards (their Python bodies run once per compilation) ----------------
     def _hidden(self, params, ids, mask, types):
         out = self.model.apply({"params": params}, ids, mask, types)
-        return out.last_hidden_state.astype(jnp.float32)
+        return out.last_hidden_state.astype(np.float32)
 
     def _embed_batch(self, params, ids, mask, types):
+        from flaxbert.layers.heads import l2_normalize, pool
         self.compilations["embed"] += 1
         emb = pool(self._hidden(params, ids, mask, types), mask, self.pooling)
         return l2_normalize(emb) if self.normalize else emb
@@ -155,20 +163,24 @@ class InferenceEngine:
         All batches of a window are dispatched before any result is read back."""
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings, not one string")
+        from flaxbert.progress import Progress
         texts = list(texts)
         self._check_inputs(texts)
-        for offset in range(0, len(texts), self.window):
-            window = texts[offset:offset + self.window]
-            pending = [(rows, arrays["mask"], forward(self.params, arrays["ids"], arrays["mask"],
-                                                      arrays["types"]))
-                       for rows, arrays in self._batches(window)]
-            results = {}
-            for rows, mask, out in pending:
-                out = np.asarray(out)
-                for r, i in enumerate(rows):
-                    results[int(i)] = (out[r], mask[r])
-            for i in range(len(window)):
-                yield (offset + i, *results[i])
+        with Progress(total=len(texts), desc=self.progress_label or "", unit="input",
+                      enabled=self.progress_label is not None) as shown:
+            for offset in range(0, len(texts), self.window):
+                window = texts[offset:offset + self.window]
+                pending = [(rows, arrays["mask"], forward(self.params, arrays["ids"],
+                                                          arrays["mask"], arrays["types"]))
+                           for rows, arrays in self._batches(window)]
+                results = {}
+                for rows, mask, out in pending:
+                    out = np.asarray(out)
+                    for r, i in enumerate(rows):
+                        results[int(i)] = (out[r], mask[r])
+                    shown.update(len(rows))
+                for i in range(len(window)):
+                    yield (offset + i, *results[i])
 
     def embed(self, texts: Iterable[str]) -> np.ndarray:
         """Sentence embeddings (len(texts), hidden) as float32, in input order."""
@@ -190,7 +202,7 @@ def _embed_command(args) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"--input {path} is not a file")
     texts = read_text(path).splitlines()
-    kwargs = dict(batch_size=args.batch_size, normalize=args.normalize)
+    kwargs = dict(batch_size=args.batch_size, normalize=args.normalize, pooling=args.pooling)
     if args.max_length is not None:
         kwargs["max_length"] = args.max_length
     if args.buckets:
@@ -202,6 +214,7 @@ def _embed_command(args) -> None:
     # Entered first, so an existing --output is refused before the model is even loaded.
     with atomic_file(args.output, args.overwrite) as tmp:
         engine = InferenceEngine.from_pretrained(args.model_dir, **kwargs)
+        engine.progress_label = "embed"
         start = time.perf_counter()
         vectors = engine.embed(texts)
         seconds = time.perf_counter() - start
@@ -219,7 +232,8 @@ def add_embed_parser(subparsers) -> argparse.ArgumentParser:
         description="Embed each line of --input with the model in MODEL_DIR (a transformers or "
                     "sentence-transformers directory with its tokenizer, or a flaxbert one) "
                     "and save a float32 (lines, hidden) array to --output (.npy).")
-    parser.add_argument("model_dir", help="checkpoint directory with tokenizer files")
+    parser.add_argument("model_dir", help="checkpoint directory with tokenizer files, or a "
+                                          "Hugging Face Hub id (org/name)")
     parser.add_argument("--input", required=True, help="UTF-8 text file, one text a line")
     parser.add_argument("--output", required=True,
                         help="where to write the .npy array (must not exist unless --overwrite)")
@@ -231,6 +245,11 @@ def add_embed_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--buckets", default=None,
                         help=f"comma-separated padded lengths (default "
                              f"{','.join(map(str, DEFAULT_BUCKETS))})")
+    # Not choices=POOLING: that constant's module loads JAX; the engine refuses other values.
+    parser.add_argument("--pooling", default=None,
+                        help="mean, cls or max: how token vectors become one (default: as the "
+                             "checkpoint says, its sentence-transformers Pooling config, else "
+                             "mean)")
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                         help="L2-normalise (default: as the checkpoint says)")
     parser.set_defaults(run=_embed_command)

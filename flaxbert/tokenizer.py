@@ -30,6 +30,7 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, Unigram, WordPiece
 
+from flaxbert.hub import resolve
 from flaxbert.io import atomic_directory
 
 _BERT_SPECIALS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
@@ -524,8 +525,9 @@ class Tokenizer:
                    truncation_side=truncation_side, **special_tokens)
 
     @classmethod
-    def from_pretrained(cls, path, *, kind=None):
-        """Load a tokenizer directory as transformers' AutoTokenizer would.
+    def from_pretrained(cls, path, *, kind=None, revision=None):
+        """Load a tokenizer directory (or Hugging Face Hub id "org/name", fetched or read from
+        the HF cache by flaxbert.hub.resolve at `revision`) as transformers' AutoTokenizer would.
 
         The pipeline follows `tokenizer_class` in tokenizer_config.json (else config.json's
         tokenizer_class / model_type): RobertaTokenizer, AlbertTokenizer, DebertaV2Tokenizer
@@ -535,7 +537,7 @@ class Tokenizer:
         """
         if isinstance(path, tokenizers.Tokenizer):
             return cls.from_tokenizer(path)
-        directory = os.fspath(path)
+        directory = os.fspath(resolve(path, revision=revision))
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"tokenizer directory {directory!r} does not exist")
         cfg = _read_config(directory)
@@ -661,14 +663,16 @@ class Tokenizer:
 
     def __call__(self, text, text_pair=None, *, max_length=None, truncation=False, padding=False,
                  pad_to_multiple_of=None, return_tensors="np", add_special_tokens=True):
+        if text_pair is None and _is_pair_batch(text):  # [(text, text_pair), ...], as transformers
+            text, text_pair = [t for t, _ in text], [p for _, p in text]
         single = isinstance(text, str)
         texts = _as_str_list(text, "text")
         pairs = None if text_pair is None else _as_str_list(text_pair, "text_pair")
         if pairs is not None and (single != isinstance(text_pair, str) or len(pairs) != len(texts)):
             raise ValueError(f"text and text_pair must have the same shape; got {len(texts)} "
                              f"text(s) and {len(pairs)} text_pair(s)")
-        if return_tensors not in ("np", None):
-            raise ValueError(f"return_tensors must be 'np' or None, got {return_tensors!r}")
+        if return_tensors not in ("np", "jax", None):
+            raise ValueError(f"return_tensors must be 'np', 'jax' or None, got {return_tensors!r}")
         strategy = _lookup(_TRUNCATIONS, truncation, "truncation")
         pad_mode = _lookup(_PADDINGS, padding, "padding")
         for name, v in (("max_length", max_length), ("pad_to_multiple_of", pad_to_multiple_of)):
@@ -744,6 +748,9 @@ class Tokenizer:
         # token_type_ids pad with 0 for every class, XLNet included: its v4 pad type id 3 is
         # reset to 0 by transformers 5's base class.
         arrays = (scatter(ids, self.pad_token_id), scatter(types, 0), mask.astype(np.int32))
+        if return_tensors == "jax":
+            import jax.numpy as jnp  # only here: the tokenizer itself needs no jax
+            arrays = tuple(jnp.asarray(a) for a in arrays)
         return Encoding((n, a[0] if single else a) for n, a in zip(names, arrays))
 
     # ---- saving -------------------------------------------------------------------------
@@ -826,6 +833,19 @@ def _refuse_surrogates(name, texts, single):
             raise ValueError(f"{name if single else f'{name}[{i}]'} holds a lone surrogate "
                              f"{found.group()!r} at position {found.start()}, which is not valid "
                              f"Unicode; fix or re-decode the text") from None
+
+
+def _is_pair_batch(x):
+    """Whether `x` is a list of (text, text_pair) tuples (its first item says; every item must
+    then be a pair)."""
+    if isinstance(x, str) or not isinstance(x, Sequence) or not x or not isinstance(
+            x[0], (tuple, list)):
+        return False
+    for i, item in enumerate(x):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ValueError(f"text[{i}] must be a (text, text_pair) pair like text[0], got "
+                             f"{item!r:.80}")
+    return True
 
 
 def _as_str_list(x, name):

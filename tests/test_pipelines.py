@@ -126,6 +126,16 @@ def test_fill_mask_equals_transformers(make_dir):
         fill(["[MASK] a", "no mask here"])
 
 
+def test_fill_mask_reads_a_pretraining_checkpoint_as_transformers_does(make_dir):
+    """An MLM + NSP export (BertForPreTraining, what `make demo` writes) fills masks with its MLM
+    half, as transformers' fill-mask pipeline accepts it."""
+    directory = make_dir("BertForPreTraining")
+    fill = pipeline("fill-mask", directory, buckets=(16,))
+    assert fill.model.task == "masked-lm"
+    texts = ["john [MASK] went to paris.", "the [MASK] sat on the mat"]
+    assert_same(fill(texts), reference("fill-mask", directory, texts))
+
+
 @pytest.mark.parametrize("fields", [dict(num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"}),
                                     dict(num_labels=1),
                                     dict(num_labels=2, problem_type="multi_label_classification"),

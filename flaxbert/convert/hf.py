@@ -26,9 +26,11 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from flaxbert.hub import hub_blob_store
 from flaxbert.io import atomic_directory, copy_files, read_json
 from flaxbert.layers.config import DTYPES, FLAXBERT_FIELDS, EncoderConfig
 from flaxbert.layers.peft import is_peft_path
+from flaxbert.progress import progress
 from flaxbert.layers.encoder import stack_layers, unstack_layers
 from flaxbert.models import registry
 
@@ -67,10 +69,12 @@ class CheckpointTensors:
                 isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
             raise ValueError(f"{index_file} needs a 'weight_map' object mapping tensor names to "
                              f"file names, got {type(weight_map).__name__}")
-        root = self.directory.resolve()
+        # resolve() follows symlinks, so a link to a file elsewhere is refused as well, except
+        # into the blob store of a HF cache snapshot, whose files are all such links.
+        roots = [r for r in (self.directory.resolve(), hub_blob_store(self.directory)) if r]
         for key, name in weight_map.items():
-            # resolve() follows symlinks, so a link to a file elsewhere is refused as well.
-            if not (self.directory / name).resolve().is_relative_to(root):
+            target = (self.directory / name).resolve()
+            if not any(target.is_relative_to(root) for root in roots):
                 raise ValueError(f"{index_file}: weight_map entry {key!r} -> {name!r} points "
                                  f"outside the checkpoint directory {self.directory}")
         return weight_map
@@ -103,7 +107,7 @@ class CheckpointTensors:
                  [directory / n for n in sorted(set(self._weight_map(directory / TORCH_INDEX)
                                                     .values()))])
         self._torch = {}
-        for file in files:
+        for file in progress(files, desc="reading checkpoint", unit="file", enabled=len(files) > 1):
             _need_file(file, "PyTorch checkpoint")
             try:
                 state = torch.load(file, map_location="cpu", weights_only=True)
@@ -115,6 +119,11 @@ class CheckpointTensors:
                     self._torch[key] = t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
                 else:
                     self._torch[key] = t.numpy()
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the tensors are spread over several safetensors files."""
+        return len(set(self._where.values())) > 1
 
     def keys(self) -> list[str]:
         return list(self._torch) if self._torch is not None else list(self._where)
@@ -187,7 +196,7 @@ def write_safetensors(directory: Path, tensors: dict[str, np.ndarray], max_shard
         save_file(shards[0], directory / SAFE_WEIGHTS, metadata={"format": "pt"})
         return
     weight_map = {}
-    for i, shard in enumerate(shards, 1):
+    for i, shard in enumerate(progress(shards, desc="writing shards", unit="shard"), 1):
         name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, directory / name, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(shard, name))
@@ -398,8 +407,8 @@ def load_hf(path: str | os.PathLike, task: str | None = None, *, rng: int | jax.
     """(model, params) from a transformers checkpoint directory. See `flaxbert.from_pretrained`."""
     directory = Path(path)
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a directory (flaxbert reads local checkpoints "
-                                "only; nothing is downloaded)")
+        raise FileNotFoundError(f"{directory} is not a directory (nor a Hugging Face Hub id "
+                                "'org/name', so nothing is downloaded)")
     hf_config = read_hf_config(directory)
     try:  # a bad value in the file is reported with the file; a bad override is not the file's
         family = family_for_hf_config(hf_config)
@@ -444,7 +453,10 @@ def params_from_tensors(model: nn.Module, tensors, saved_task: str, source: str,
     prefix = family.hf.base_prefix + "."
     base = prefix if any(k.startswith(prefix) for k in tensors.keys()) else ""
     flat, missing, used = {}, [], set()
-    for leaf in _leaves(family, abstract_params(_unrolled(model)), base, config):
+    leaves = progress(_leaves(family, abstract_params(_unrolled(model)), base, config),
+                      desc="reading checkpoint", unit="tensor",
+                      enabled=getattr(tensors, "sharded", False))  # large models are sharded
+    for leaf in leaves:
         if leaf.hf_key not in tensors:
             missing.append(leaf)
             continue

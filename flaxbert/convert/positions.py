@@ -18,6 +18,7 @@ from flax import traverse_util
 
 from flaxbert.convert.hf import load_hf, save_hf
 from flaxbert.convert.native import is_native, load_native, save_native
+from flaxbert.hub import resolve
 from flaxbert.io import check_destination, read_json
 
 POSITION_TABLE = ("position_embeddings", "embedding")
@@ -49,7 +50,7 @@ def extend_position_embeddings(src_dir: str | os.PathLike, dst_dir: str | os.Pat
     if format not in ("flax", "hf"):
         raise ValueError(f"unknown format {format!r}; use 'flax' or 'hf'")
     check_destination(dst_dir, overwrite)  # before the load: refuse early, not after
-    src = Path(src_dir)
+    src = resolve(src_dir)  # a local directory, or a hub id's snapshot
     model, params = (load_native if is_native(src) else load_hf)(src)
     config = model.config
     offset = config.max_position_embeddings - config.max_sequence_length

@@ -19,7 +19,6 @@ import dataclasses
 import unicodedata
 
 import numpy as np
-import tensorflow as tf
 
 from flaxbert.data.prepare import check_fraction, check_int, tokenizer_info
 from flaxbert.tokenizer import Tokenizer
@@ -116,6 +115,7 @@ class MaskingTables:
 
 def _mark(values, size):
     """Per row, how often each of 0..size-1 occurs in values [B, N]; other values are ignored."""
+    import tensorflow as tf  # here, not at import: MaskingConfig alone needs no TF
     batch = tf.shape(values)[0]
     values = tf.where((values >= 0) & (values < size), values, size)  # a spare bin per row
     flat = values + tf.range(batch)[:, None] * (size + 1)
@@ -124,12 +124,14 @@ def _mark(values, size):
 
 
 def _seeds(seed, n):
+    import tensorflow as tf  # here, not at import: MaskingConfig alone needs no TF
     return tf.unstack(tf.random.experimental.stateless_split(seed, n))
 
 
 def masking_units(input_ids, attention_mask, seed, config: MaskingConfig, tables: MaskingTables):
     """Unit index of every token ([B, S] int32; -1 for special tokens and padding) and the
     non-special mask: tokens of one unit are masked together. seed: int64 [2]."""
+    import tensorflow as tf  # here, not at import: MaskingConfig alone needs no TF
     shape = tf.shape(input_ids)
     special = tf.gather(tf.constant(tables.special), input_ids)
     candidate = tf.logical_and(attention_mask > 0, tf.logical_not(special))
@@ -164,6 +166,7 @@ def mask_batch(input_ids, attention_mask, seed, config: MaskingConfig, tables: M
     Returns input_ids (masked), masked_positions / masked_ids (int32 [B, P], ascending
     positions, padding at position 0 with id 0) and masked_weights (float32 [B, P]).
     """
+    import tensorflow as tf  # here, not at import: MaskingConfig alone needs no TF
     unit_seed, priority_seed, action_seed, random_seed = _seeds(seed, 4)
     shape = tf.shape(input_ids)
     batch, length = shape[0], shape[1]

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from flaxbert.io import atomic_directory, read_json
+from flaxbert.progress import Progress
 from flaxbert.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1
@@ -496,9 +497,12 @@ def prepare(inputs, output_dir, tokenizer_dir, *, mode, max_seq_length=128, shor
         try:
             chunks = enumerate(_chunked(_documents(sources, doc_per_file, text_feature,
                                                    max_documents), chunk_documents))
-            for result in _map_in_order(chunks, workers, tok, tokenizer_dir, recipe):
-                for split, writer in writers.items():
-                    writer.write(result[split])
+            with Progress(desc="prepare", unit="doc", total=max_documents) as shown:
+                for result in _map_in_order(chunks, workers, tok, tokenizer_dir, recipe):
+                    for split, writer in writers.items():
+                        writer.write(result[split])
+                    shown.set_postfix_str(f"{writers['train'].sequences:,} training sequences")
+                    shown.update(sum(result[split]["documents"] for split in SPLITS))
         finally:
             for writer in writers.values():
                 writer.close()

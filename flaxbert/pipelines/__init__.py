@@ -32,7 +32,8 @@ __all__ = ["pipeline", "PIPELINES", "Pipeline", "TaskEngine",
 
 def pipeline(task: str, model_dir, **kwargs):
     """The pipeline for `task` (or one of transformers' aliases: sentiment-analysis, ner) on a
-    local transformers or flaxbert directory; keyword arguments go to the pipeline's class."""
+    local transformers or flaxbert directory or a Hub id ("org/name", see flaxbert.hub); keyword
+    arguments go to the pipeline's class."""
     name = ALIASES.get(task, task)
     if name not in PIPELINES:
         known = sorted(PIPELINES) + sorted(ALIASES)

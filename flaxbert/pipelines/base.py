@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from flaxbert.convert import from_pretrained
+from flaxbert.hub import resolve
 from flaxbert.inference import DEFAULT_BUCKETS, InferenceEngine
 from flaxbert.models.base import TASKS
 from flaxbert.tokenizer import Tokenizer
@@ -77,12 +78,18 @@ class Pipeline:
     task: ClassVar[str]
     heads: ClassVar[tuple[str, ...]]
     defaults: ClassVar[dict[str, Any]] = {}
+    # A checkpoint whose head holds one of `heads` (as transformers' pipelines accept it) is
+    # loaded as that head: {checkpoint task: the task to load it as}.
+    reads_heads_of: ClassVar[dict[str, str]] = {}
 
     def __init__(self, model_dir, *, batch_size: int = 32, buckets: Sequence[int] = DEFAULT_BUCKETS,
                  max_length: int | None = None, truncation: bool = True, **call_defaults):
         self.call_defaults = self.checked_options(call_defaults)
         self.model_dir = model_dir
+        model_dir = resolve(model_dir)  # a hub id once, for the model and the tokenizer
         model, params = from_pretrained(model_dir)
+        if model.task in self.reads_heads_of:  # e.g. BertForPreTraining's MLM half for fill-mask
+            model, params = from_pretrained(model_dir, task=self.reads_heads_of[model.task])
         if model.task not in self.heads:
             raise ValueError(f"{model_dir}: the checkpoint's head is {model.task!r} "
                              f"({type(model).__name__}); the {self.task!r} pipeline needs "

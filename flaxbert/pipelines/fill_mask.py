@@ -20,6 +20,7 @@ class FillMaskPipeline(Pipeline):
 
     task = "fill-mask"
     heads = ("masked-lm",)
+    reads_heads_of = {"pretraining": "masked-lm"}  # MLM + NSP exports (`make demo`'s) fill masks
     defaults = {"top_k": 5, "targets": None}
 
     def __init__(self, model_dir, **kwargs):

@@ -11,7 +11,9 @@
     flaxbert evaluate QA_DIR --data dev-v2.0.json --objective question_answering --version-2
     flaxbert predict QA_DIR --data dev-v1.1.json --task question-answering --output answers.jsonl
 
-`--config` takes an ml_collections config file (optionally `file.py:argument`) and any field can be
+`--config` takes an ml_collections config file (optionally `file.py:argument`) or an installed
+recipe, `flaxbert:<name>[:argument]` (configs/<name>.py, shipped in the package: e.g.
+`--config flaxbert:bert_base:phase1` from any directory), and any field can be
 overridden with `--config.<field>=<value>`; ml_collections parses these and checks their types.
 Rerunning `pretrain` with the same workdir resumes from its latest good checkpoint.
 """
@@ -19,17 +21,43 @@ from __future__ import annotations
 
 import argparse
 import re
+import textwrap
 import traceback
 from pathlib import Path
 
 
+RECIPE_PREFIX = "flaxbert:"  # `--config flaxbert:bert_base[:phase1]`: an installed recipe
+
+
+def installed_recipes() -> dict[str, Path]:
+    """Recipe name -> file of the recipes shipped as `flaxbert.recipes` (configs/ in the repo)."""
+    import importlib.resources
+    root = importlib.resources.files("flaxbert.recipes")
+    return {Path(f.name).stem: Path(str(f)) for f in root.iterdir()
+            if f.name.endswith(".py") and not f.name.startswith("_")}
+
+
+def _recipe_path(spec: str) -> tuple[str, list[str]]:
+    """(file, [argument]) of `file.py[:argument]` or `flaxbert:recipe[:argument]`."""
+    if not spec.startswith(RECIPE_PREFIX):
+        path, *arg = spec.split(":", 1)  # as ml_collections' config_flags splits it
+        return path, arg
+    name, *arg = spec[len(RECIPE_PREFIX):].split(":", 1)
+    recipes = installed_recipes()
+    if name not in recipes:
+        raise ValueError(f"--config {RECIPE_PREFIX}{name}: no installed recipe {name!r}; "
+                         f"installed: {', '.join(sorted(recipes))}")
+    return str(recipes[name]), arg
+
+
 def _load_config(spec: str):
-    """get_config() of a config file, `file.py[:argument]`; whatever goes wrong in the file
-    (missing, a syntax error, get_config raising) is one ValueError naming it and the line."""
+    """get_config() of a config file, `file.py[:argument]`, or of an installed recipe,
+    `flaxbert:name[:argument]`; whatever goes wrong in the file (missing, a syntax error,
+    get_config raising) is one ValueError naming it and the line."""
     import importlib.util
 
     import ml_collections
-    path, *arg = spec.split(":", 1)  # as ml_collections' config_flags splits it
+    path, arg = _recipe_path(spec)
     if not Path(path).is_file():
         raise FileNotFoundError(f"--config {path}: no such file")
     try:
@@ -85,10 +113,8 @@ def _check_overrides(argv, config, path) -> None:
             raise ValueError(f"--config.{name}: {path} has no field {name!r}{hint}")
 
 
-def _parse_pretrain_flags(argv: list[str]):
-    from absl import flags
-    from ml_collections import config_flags
-
+def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(the --config value or None, the other arguments)."""
     spec, kept = None, []
     args = iter(argv)
     for arg in args:
@@ -98,6 +124,14 @@ def _parse_pretrain_flags(argv: list[str]):
             spec = arg.split("=", 1)[1]
         else:
             kept.append(arg)
+    return spec, kept
+
+
+def _parse_pretrain_flags(argv: list[str]):
+    from absl import flags
+    from ml_collections import config_flags
+
+    spec, kept = _split_config_flag(argv)
     if not spec:
         raise ValueError("--config is required, e.g. --config configs/bert_base.py:tiny")
     path, config = _load_config(spec)
@@ -124,21 +158,54 @@ def _parse_pretrain_flags(argv: list[str]):
     return path, holder.value, workdir.value, multihost.value
 
 
-def _pretrain(args) -> None:
-    import logging
+def config_help(command: str, argv: list[str]) -> str:
+    """What `flaxbert pretrain|finetune [--config FILE[:arg]] --help` prints: the usage, the
+    registry's objectives for the command, and the config's top-level fields and groups, or,
+    with --config, every field of that config with its value."""
+    from flaxbert.cli_help import pretraining_objectives, task_objectives
+    spec, _ = _split_config_flag(argv)
+    objectives = task_objectives() if command == "finetune" else pretraining_objectives()
+    lines = [__doc__.rstrip(), "", f"objectives of `flaxbert {command}` (config field "
+             f"`objective`): {', '.join(objectives)}."]
+    if not spec:
+        if command == "finetune":
+            from flaxbert.training.finetune import finetune_config as base
+        else:
+            from flaxbert.training.config import default_config as base
+        config = base()
+        groups = [k for k, v in config.items() if hasattr(v, "items")]
+        lines += [f"config groups: {', '.join(groups)}; top-level fields: "
+                  f"{', '.join(k for k in config if k not in groups)}.",
+                  f"`flaxbert {command} --config FILE[:arg] --help` lists every field of that "
+                  "config with its value."]
+        return "\n".join(textwrap.fill(line, 100, break_on_hyphens=False) if i else line
+                         for i, line in enumerate(lines))
+    path, config = _load_config(spec)
+    lines[-1] = textwrap.fill(lines[-1], 100, break_on_hyphens=False)
+    lines.append(f"fields of {spec} (change one with --config.FIELD=VALUE):")
+    for name in _field_names(config):
+        value = config
+        for key in name.split("."):
+            value = value[key]
+        lines.append(f"  {name} = {value!r}")
+    return "\n".join(lines)
 
-    from flaxbert.training.trainer import Trainer, TrainingHalted
-    if not args.flags or args.flags[0] in ("-h", "--help"):
-        print(__doc__)
+
+def _pretrain(args) -> None:
+    if not args.flags or {"-h", "--help"} & set(args.flags):
+        print(config_help(args.command, args.flags))
         return
+    from flaxbert.training.trainer import Trainer, TrainingHalted
     from flaxbert.training.config import check_config
     source, config, workdir, multihost = _parse_pretrain_flags(args.flags)
+    from flaxbert.hub import is_hub_id, resolve
+    if "task" in config and is_hub_id(config.model):  # --config.model=org/name: its snapshot
+        config.model = str(resolve(config.model))
     check_config(config, source=source)
     if (args.command == "finetune") != ("task" in config):
         other = "pretrain" if args.command == "finetune" else "finetune"
         raise ValueError(f"{source} is a {other} config (it {'lacks' if other == 'pretrain' else 'has'}"
                          f" a task block); run it with `flaxbert {other}`")
-    logging.getLogger("absl").setLevel(logging.WARNING)
     if multihost:
         import jax
         jax.distributed.initialize()
@@ -165,8 +232,9 @@ def _export(args) -> None:
 
 
 def _task_config(args):
+    from flaxbert.hub import resolve
     from flaxbert.training.finetune import finetune_config
-    c = finetune_config(model=args.model_dir, objective=args.objective)
+    c = finetune_config(model=str(resolve(args.model_dir)), objective=args.objective)
     c.data.validation = args.data
     c.task.glue = args.glue or ""
     c.task.max_seq_length = args.max_seq_length
@@ -197,6 +265,63 @@ def _evaluate(args) -> None:
         print(text, end="")
 
 
+def _word_tags(args) -> list[dict]:
+    """{"words", "tags"} per sentence of a CoNLL / word-list file: each word tagged with the
+    prediction of its first sub-word, the token that token-classification training labels
+    (flaxbert.tasks.features). Words past --max-seq-length tokens are cut with a warning and
+    tagged null (or, with --overflow error, the sentence is refused, naming file and line)."""
+    import logging
+
+    import jax
+    import numpy as np
+
+    from flaxbert.convert import from_pretrained
+    from flaxbert.hub import resolve
+    from flaxbert.pipelines.text_classification import label_names
+    from flaxbert.tasks import readers
+    from flaxbert.tasks.batching import TaskBatches
+    from flaxbert.tasks.features import encode_words
+    from flaxbert.tokenizer import Tokenizer
+    model_dir = resolve(args.model_dir)
+    model, params = from_pretrained(model_dir)
+    if model.task != "token-classification":
+        raise ValueError(f"{args.model_dir}: the checkpoint's head is {model.task!r}; "
+                         "--task token-classification needs a token-classification head")
+    tokenizer = Tokenizer.from_pretrained(model_dir)
+    limit = model.config.max_sequence_length
+    max_length = min(x for x in (args.max_seq_length or limit, limit,
+                                 tokenizer.model_max_length) if x)
+    examples = readers.read_token_examples(args.data, require_labels=False)
+    features = encode_words(examples, tokenizer, max_length=max_length, overflow=args.overflow)
+    forward = jax.jit(lambda p, ids, mask, types: model.apply(
+        {"params": p}, ids, mask, types).logits.argmax(-1))
+    left, predicted = tokenizer.padding_side == "left", [None] * len(features)
+    for batch in TaskBatches(features, args.batch_size, max_length=max_length,
+                             pad_id=tokenizer.pad_token_id or 0,
+                             padding_side=tokenizer.padding_side, shuffle=False, repeat=False):
+        rows = np.asarray(forward(params, batch["input_ids"], batch["attention_mask"],
+                                  batch["token_type_ids"]))
+        for row, i in zip(rows, batch["example_index"]):
+            if i >= 0:  # the feature's own tokens out of its padded row
+                n = len(features[i]["input_ids"])
+                predicted[i] = row[len(row) - n:] if left else row[:n]
+    names, outputs, untagged = label_names(model.config), [], 0
+    for example, feature, tokens in zip(examples, features, predicted):
+        tags, previous = [None] * len(example["words"]), -1
+        for word, tag in zip(feature["word_ids"], tokens):
+            if word >= 0 and word != previous:  # a word's first sub-word
+                tags[word] = names[int(tag)]
+            previous = word
+        untagged += tags.count(None)
+        outputs.append({"words": list(example["words"]), "tags": tags})
+    if untagged:
+        logging.getLogger(__name__).warning(
+            "%d word(s) lie past max_length=%d tokens and are tagged null (raise "
+            "--max-seq-length, or --overflow error to refuse such sentences)", untagged,
+            max_length)
+    return outputs
+
+
 def _predict(args) -> None:
     """One JSON line of pipeline output per input example, in the file's order."""
     import json
@@ -205,7 +330,14 @@ def _predict(args) -> None:
     from flaxbert.pipelines import pipeline
     from flaxbert.tasks import readers
     check_destination(args.output, args.overwrite)
+    if args.task in ("token-classification", "ner") and not args.entities:
+        outputs = _word_tags(args)
+        with atomic_file(args.output, args.overwrite) as tmp:
+            tmp.write_text("".join(json.dumps(o) + "\n" for o in outputs))
+        print(f"wrote tags for {len(outputs)} sentences to {args.output}")
+        return
     run = pipeline(args.task, args.model_dir, batch_size=args.batch_size)
+    run.engine.progress_label = "predict"  # a bar over the model's input rows
     if args.task in ("token-classification", "ner"):
         inputs = [" ".join(e["words"]) for e in readers.read_token_examples(
             args.data, require_labels=False)]
@@ -233,6 +365,17 @@ def _predict(args) -> None:
     print(f"wrote {len(outputs)} predictions to {args.output}")
 
 
+# The pipelines whose inputs `_predict` reads from a file (each is in flaxbert.pipelines'
+# registry, PIPELINES; tests/test_cli_help.py checks it).
+PREDICT_TASKS = ("text-classification", "token-classification", "multiple-choice",
+                 "question-answering")
+
+
+def _glue_epilog() -> str:
+    from flaxbert.tasks.glue import GLUE_TASKS
+    return f"--glue is one of: {', '.join(GLUE_TASKS)}."
+
+
 def add_training_parsers(commands) -> None:
     for name, help_text in (
             ("pretrain", "pre-train a model (config file + workdir; resumes automatically)"),
@@ -240,26 +383,30 @@ def add_training_parsers(commands) -> None:
         command = commands.add_parser(
             name, help=help_text, description=__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False,
-            prefix_chars="\0")
+            prefix_chars="\0")  # its -h / --help is _pretrain's: see config_help
         command.add_argument("flags", nargs=argparse.REMAINDER,
                              help="--config FILE[:arg] --workdir DIR [--config.field=value ...]")
         command.set_defaults(run=_pretrain)  # one runner: the config says which kind of run
 
+    from flaxbert.cli_help import RegistryNames, task_objectives
     evaluate = commands.add_parser(
-        "evaluate", help="a fine-tuned directory's task metrics on a labelled file (JSON)")
+        "evaluate", help="a fine-tuned directory's task metrics on a labelled file (JSON)",
+        epilog=_glue_epilog)
     predict = commands.add_parser(
         "predict", help="a fine-tuned directory's predictions for a file (JSONL)")
     for p in (evaluate, predict):
-        p.add_argument("model_dir", help="a transformers / flaxbert directory with a task head")
+        p.add_argument("model_dir", help="a transformers / flaxbert directory with a task head, "
+                                         "or a Hugging Face Hub id (org/name)")
         p.add_argument("--data", required=True,
                        help="CSV / TSV / JSON(L) / CoNLL file, tfds:NAME:SPLIT or hf:NAME")
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
         p.add_argument("--version-2", action="store_true",
                        help="question answering: questions may have no answer (SQuAD v2.0)")
-    evaluate.add_argument("--objective", default="classification",
-                          choices=("classification", "token_classification", "multiple_choice",
-                                   "question_answering"))
+    evaluate.add_argument("--objective", default="classification", metavar="OBJECTIVE",
+                          choices=RegistryNames(task_objectives),
+                          help="the fine-tuning objective the directory was trained with, one "
+                               "of: %(choices)s")
     evaluate.add_argument("--doc-stride", type=int, default=128,
                           help="question answering: tokens shared by consecutive windows")
     evaluate.add_argument("--max-query-length", type=int, default=64,
@@ -269,9 +416,20 @@ def add_training_parsers(commands) -> None:
     evaluate.add_argument("--output", default="", help="metrics JSON (default: print them)")
     evaluate.set_defaults(run=_evaluate)
     predict.add_argument("--task", default="text-classification",
-                         choices=("text-classification", "token-classification",
-                                  "multiple-choice", "question-answering"))
+                         choices=PREDICT_TASKS,
+                         help="the pipeline (flaxbert.pipelines) that reads --data")
     predict.add_argument("--output", required=True, help="predictions, one JSON line each")
+    predict.add_argument("--entities", action="store_true",
+                         help="token-classification: write the pipeline's entities per "
+                              "sentence (words joined by spaces) instead of the default "
+                              '{"words": [...], "tags": [...]}, one tag per input word (its '
+                              "first sub-word's prediction)")
+    predict.add_argument("--max-seq-length", type=int, default=None,
+                         help="token-classification tags: tokens per sentence (default: the "
+                              "model's limit); words past it are tagged null, with a warning")
+    predict.add_argument("--overflow", default="truncate", choices=("truncate", "error"),
+                         help="token-classification tags: 'error' refuses a sentence longer "
+                              "than --max-seq-length, naming file and line")
     predict.set_defaults(run=_predict)
 
     export = commands.add_parser(

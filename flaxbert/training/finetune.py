@@ -19,6 +19,8 @@ SIGTERM or kill -9, metrics.jsonl, TensorBoard, NaN guard); what is new is the d
 """
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from flaxbert.training.config import default_config
@@ -110,8 +112,8 @@ def finetune_config(**fields) -> ml_collections.ConfigDict:
 
     c.checkpoint.save_every = 500
     c.checkpoint.keep = 2
-    for key, value in fields.items():
-        c[key] = value
+    for key, value in fields.items():  # a pathlib.Path is a directory name, as str would be
+        c[key] = os.fspath(value) if isinstance(value, os.PathLike) else value
     return c
 
 
@@ -127,5 +129,9 @@ def tiny_finetune(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def finetune(config: ml_collections.ConfigDict, workdir) -> dict:
     """Run (or resume) a fine-tuning run; returns the last logged metrics."""
+    from flaxbert.hub import is_hub_id, resolve
     from flaxbert.training.trainer import Trainer
+    if is_hub_id(config.model):  # model="org/name": its snapshot, as the CLI resolves it
+        config = config.copy_and_resolve_references()
+        config.model = str(resolve(config.model))
     return Trainer(config, workdir).run()

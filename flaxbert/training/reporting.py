@@ -1,12 +1,18 @@
-"""Where training metrics go: <workdir>/metrics.jsonl, TensorBoard (<workdir>/tensorboard), a
-progress bar, and one printed line per log interval. Throughput and MFU are computed here."""
+"""Where training metrics go: <workdir>/metrics.jsonl, TensorBoard (<workdir>/tensorboard), and
+the terminal (a `flaxbert.progress` bar, or a plain line per log interval where stderr is not a
+terminal). Throughput and MFU are computed here."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import jax
+
+from flaxbert.progress import Progress
+
+# What the terminal shows of a log interval's metrics (all of them go to metrics.jsonl).
+SHOWN_METRICS = ("loss", "mlm_accuracy", "eval_loss", "eval_mlm_accuracy", "eval_accuracy",
+                 "eval_f1", "seq_per_s", "mfu")
 
 
 def throughput(trainer, steps: int, seconds: float) -> dict:
@@ -40,8 +46,13 @@ def _flops(trainer) -> float | None:
 
 
 class MetricWriter:
+    """One log interval's metrics to metrics.jsonl and TensorBoard, and to the terminal through
+    `flaxbert.progress`: a bar with the latest training metrics on a terminal (unless
+    `progress_bar=False`), else one plain line per log interval; evaluation results and notes
+    are lines of their own on stdout."""
+
     def __init__(self, workdir: Path, *, enabled: bool = True, progress_total: int = 0,
-                 progress_start: int = 0, progress_bar: bool = True):
+                 progress_start: int = 0, progress_bar: bool = True, desc: str = "train"):
         self.enabled = enabled
         self.jsonl = open(Path(workdir) / "metrics.jsonl", "a") if enabled else None
         self.tb = None
@@ -51,11 +62,10 @@ class MetricWriter:
                 self.tb = tf.summary.create_file_writer(str(Path(workdir) / "tensorboard"))
             except ImportError:  # the data extra is not installed: JSONL only
                 self.tb = None
-        self.bar = None
-        if enabled and progress_bar and sys.stderr.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=progress_total, initial=progress_start, unit="step",
-                            dynamic_ncols=True)
+        # interval=0: the plain form prints a line whenever metrics are logged (log_every).
+        self.progress = Progress(total=progress_total, initial=progress_start, desc=desc,
+                                 unit="step", enabled=enabled, interval=0,
+                                 terminal=None if progress_bar else False)
         self._last_step = progress_start
 
     def write(self, step: int, metrics: dict) -> None:
@@ -70,25 +80,22 @@ class MetricWriter:
                 for k, v in metrics.items():
                     tf.summary.scalar(k, float(v))
             self.tb.flush()
-        shown = {k: metrics[k] for k in ("loss", "mlm_accuracy", "eval_loss", "eval_mlm_accuracy",
-                                         "eval_accuracy", "eval_f1", "seq_per_s", "mfu")
-                 if k in metrics}
+        shown = {k: metrics[k] for k in SHOWN_METRICS if k in metrics}
         text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
-        if self.bar is not None:
-            self.bar.update(step - self._last_step)
-            self.bar.set_postfix_str(text)
-        else:
-            print(f"step {step}: {text}", flush=True)
-        self._last_step = step
+        if "loss" in metrics:  # a training interval: the meter moves on
+            self.progress.set_postfix_str(text)
+            self.progress.update(step - self._last_step)
+            self._last_step = step
+        else:  # an evaluation: a result of its own, kept above the bar
+            self.progress.write(f"step {step}: {text}")
 
     def note(self, text: str) -> None:
         if self.enabled:
-            (self.bar.write if self.bar is not None else print)(text)
+            self.progress.write(text)
 
     def close(self) -> None:
         if self.jsonl:
             self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
-        if self.bar is not None:
-            self.bar.close()
+        self.progress.close()

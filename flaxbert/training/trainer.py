@@ -6,6 +6,9 @@ A single device is a 1x1x1 mesh; there is no other code path. The train state (p
 state, step, RNG) is created directly sharded by the one sharded-init recipe, and the step is
 jitted with those shardings as in and out shardings, donating the old state. Gradient
 accumulation runs `num_microbatches` slices of the batch through a `lax.scan` inside the step.
+When a fixed set of leaves cannot train (PEFT's base, freeze_encoder's encoder: see
+`optim.trainable_leaves`), the step differentiates the others only; gradual unfreezing, whose set
+grows during the run, takes every gradient and lets the optimizer zero what is still frozen.
 Steps whose gradients are not finite are skipped by `optax.apply_if_finite` and counted; the
 run halts after `train.max_consecutive_nonfinite` in a row. A SIGTERM (TPU preemption) saves a
 checkpoint at the next step boundary and exits cleanly; rerunning resumes from it.
@@ -33,7 +36,7 @@ from flaxbert.layers.sharding import LOGICAL_AXIS_RULES, logical_shardings, make
 from flaxbert.training.checkpoint import Checkpoints
 from flaxbert.training.config import check_config
 from flaxbert.tokenizer import TOKENIZER_FILES
-from flaxbert.training.optim import make_optimizer, nonfinite_counts
+from flaxbert.training.optim import make_optimizer, nonfinite_counts, trainable_leaves
 from flaxbert.training.sources import data_source
 from flaxbert.training.workdir import (WorkdirLock, load_data_description, save_data_description,
                                        trim_metrics)
@@ -91,6 +94,10 @@ class Trainer:
 
         example = self.example_batch()
         self._abstract_boxed = jax.eval_shape(self._init_boxed, jax.random.PRNGKey(0), example)
+        # Per leaf of params, whether the optimizer can ever update it (None: every leaf does).
+        trains = trainable_leaves(config.optimizer, nn.meta.unbox(self._abstract_boxed).params,
+                                  self.model_config)
+        self.trainable = None if trains is None else tuple(jax.tree_util.tree_leaves(trains))
         self.state_shardings = logical_shardings(self._abstract_boxed, self.mesh, self.rules)
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp")))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -167,13 +174,34 @@ class Trainer:
             return self.objective.loss(params, batch, rng, deterministic=deterministic,
                                        frozen=frozen)
 
+    def _differentiated(self, params):
+        """What the step takes gradients of: `params`, or when a fixed set of leaves is frozen
+        for the run (PEFT, freeze_encoder) the list of the trainable leaves alone. XLA cannot
+        drop the frozen weights' gradients by itself, since the NaN guard and grad_norm read
+        every gradient; not asking for them takes MiniLM's LoRA step from 69 to 46 XLA GFLOP
+        (benchmarks/PEFT.md)."""
+        if self.trainable is None:
+            return params
+        return [x for x, t in zip(jax.tree_util.tree_leaves(params), self.trainable) if t]
+
+    def _with_differentiated(self, params, part, fill=lambda frozen_leaf: frozen_leaf):
+        """`params` with the differentiated `part` in place and `fill` of each frozen leaf."""
+        if self.trainable is None:
+            return part
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        part = iter(part)
+        return jax.tree_util.tree_unflatten(
+            treedef, [next(part) if t else fill(x) for x, t in zip(leaves, self.trainable)])
+
     def _step(self, state: TrainState, batch: dict, frozen):
         rng = jax.random.fold_in(state.rng, state.step)  # one key per step, nothing to carry
         grad_fn = jax.value_and_grad(
-            lambda p, b, r: self._loss(p, b, r, frozen, False), has_aux=True)
+            lambda part, b, r: self._loss(self._with_differentiated(state.params, part), b, r,
+                                          frozen, False), has_aux=True)
+        wrt = self._differentiated(state.params)
         n = self.config.train.num_microbatches
         if n == 1:
-            (loss, metrics), grads = grad_fn(state.params, batch, rng)
+            (loss, metrics), grads = grad_fn(wrt, batch, rng)
         else:
             # Strided slices (row i*n + k -> microbatch k) so each stays spread over the mesh.
             micro = jax.tree_util.tree_map(
@@ -181,19 +209,23 @@ class Trainer:
 
             def accumulate(carry, inputs):
                 k, mb = inputs
-                (loss, metrics), grads = grad_fn(state.params, mb, jax.random.fold_in(rng, k))
+                (loss, metrics), grads = grad_fn(wrt, mb, jax.random.fold_in(rng, k))
                 return jax.tree_util.tree_map(jnp.add, carry, (loss, metrics, grads)), None
 
             zeros = jax.tree_util.tree_map(
-                jnp.zeros_like, jax.eval_shape(grad_fn, state.params,
+                jnp.zeros_like, jax.eval_shape(grad_fn, wrt,
                                                jax.tree_util.tree_map(lambda x: x[0], micro), rng))
             zeros = (zeros[0][0], zeros[0][1], zeros[1])
             total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(n), micro))
             loss, metrics, grads = jax.tree_util.tree_map(lambda x: x / n, total)
+        # Under PEFT / freeze_encoder the trainable leaves' norm, the one clipping measures.
+        grad_norm = optax.global_norm(grads)
+        # Frozen leaves get zeros, which the optimizer's set_to_zero drops unread.
+        grads = self._with_differentiated(state.params, grads, jnp.zeros_like)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         consecutive, total_skipped = nonfinite_counts(opt_state)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
                        learning_rate=self.schedule(state.step),
                        nonfinite_in_a_row=consecutive, nonfinite_total=total_skipped)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -231,12 +263,16 @@ class Trainer:
         whatever the batch size; the counts are summed), plus the data's own metrics of the outputs (a task's accuracy, F1,
         ...). The first `train.eval_batches` batches only when that is > 0; None when it is 0
         or there is nothing to evaluate."""
+        from flaxbert.progress import progress
         limit = self.config.train.eval_batches
         if limit == 0:
             return None
         result = {}
         for prefix, batches in self.data.eval_passes():
             totals, counts, rows, outputs = {}, {}, 0.0, []
+            batches = progress(batches, desc=f"evaluating {prefix[len('eval_'):]}".rstrip("_ "),
+                               unit="batch", total=limit if limit > 0 else None, leave=False,
+                               enabled=jax.process_index() == 0)
             for n, batch in enumerate(batches):
                 if n == limit:
                     break
@@ -313,6 +349,8 @@ class Trainer:
         end = start if self.progress.get("stopped_early_at") else cfg.train.num_steps
         try:
             for step in range(start, end):
+                if step == start:  # said before the wait, which is minutes for a large model
+                    writer.note("compiling the train step (the first step) ...")
                 state, metrics = self.train_step(state, next(batches))
                 done = step + 1
                 window.append(metrics)
