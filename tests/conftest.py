@@ -86,18 +86,32 @@ def marker_tsv(path, n, rs, words, marker):
     return path
 
 
-def tiny_bert_checkpoint(root, lines, *, vocab_size=120, max_positions=64, **bert_fields):
+def tiny_bert_checkpoint(root, lines, *, vocab_size=120, max_positions=64, vocab=None,
+                         **bert_fields):
     """A tiny random transformers BERT directory (no dropout) with a WordPiece tokenizer trained
-    on `lines` (texts the task's words come from); `bert_fields` override the BertConfig."""
+    on `lines` (texts the task's words come from), or made from the token list `vocab` (special
+    tokens first); `bert_fields` override the BertConfig.
+
+    WordPiece training in `tokenizers` breaks count ties in hash-map order, which changes from
+    process to process (huggingface/tokenizers#1794): a test whose score depends on the exact
+    vocabulary should pass `vocab`."""
     import shutil
 
     import torch
     import transformers
 
+    from flaxbert.tokenizer import Tokenizer
     from flaxbert.tokenizer_training import train_tokenizer
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(lines) + "\n")
-    train_tokenizer([corpus], root / "tok", "wordpiece", vocab_size, min_frequency=1)
+    if vocab is None:
+        corpus = root / "corpus.txt"
+        corpus.write_text("\n".join(lines) + "\n")
+        train_tokenizer([corpus], root / "tok", "wordpiece", vocab_size, min_frequency=1)
+    else:
+        (root / "vocab").mkdir(parents=True)
+        (root / "vocab" / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        (root / "vocab" / "tokenizer_config.json").write_text(
+            f'{{"model_max_length": {max_positions}, "do_lower_case": true}}')
+        Tokenizer.from_pretrained(root / "vocab").save_pretrained(root / "tok")
     tokenizer = transformers.AutoTokenizer.from_pretrained(root / "tok")
     torch.manual_seed(0)
     fields = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

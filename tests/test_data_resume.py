@@ -104,10 +104,13 @@ def test_evaluation_iterator_and_empty_split(data, minilm_dir):
     it = BatchIterator(data, "validation", global_batch_size=16, masking=None, evaluation=True,
                        process_index=0, process_count=1)
     batches = list(it)
-    assert len(batches) == 4 and sum(b["example_weights"].sum() for b in batches) == 56
-    assert it.state()["evaluation"] and it.state()["next_batch"] == 4
-    again = BatchIterator.from_state({**it.state(), "next_batch": 3}, process_index=0)
-    assert _same(next(again), batches[3])
+    records = len(read_records(data, "validation"))
+    assert len(batches) == -(-records // 16) >= 2  # one pass, the last batch padded
+    assert sum(b["example_weights"].sum() for b in batches) == records
+    assert it.state()["evaluation"] and it.state()["next_batch"] == len(batches)
+    again = BatchIterator.from_state({**it.state(), "next_batch": len(batches) - 1},
+                                     process_index=0)
+    assert _same(next(again), batches[-1])
     empty = prepared(minilm_dir, "nsp", num_shards=32, validation_fraction=0.0)
     with pytest.raises(ValueError, match=f"{empty} has no validation sequences"):
         make_eval_dataset(empty, global_batch_size=8, masking=None, process_index=0,

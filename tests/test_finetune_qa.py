@@ -3,7 +3,8 @@ offsets can score on: the answer is the word after a marker (a place name split 
 sub-words, from a set used nowhere else), placed anywhere in a context longer than one window (so
 it is often only in a later window, and scored only if its characters are mapped back through
 that window's offsets), a quarter of the contexts with no marker and no answer. A tiny BERT
-fine-tuned with configs/finetune_squad.py:v2,tiny reaches F1 >= 90 (93.4 when this was written);
+fine-tuned with configs/finetune_squad.py:v2,tiny reaches F1 >= 90 (96.5 with VOCAB; 87-94 with
+vocabularies retrained per run, one of which failed this test in a full suite run);
 `flaxbert evaluate` on its best export gives the same numbers, the question-answering pipeline
 answers the dev questions, and transformers' PyTorch model gives the same span logits."""
 import importlib.util
@@ -22,6 +23,16 @@ WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel
          "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo",
          "sierra", "tango", "uniform", "victor", "whiskey", "xray", "yankee"]
 LONG = ["zanzibar", "kathmandu", "ouagadougou", "reykjavik"]  # several sub-words each
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "!", ",", ".", ";", "?", "a", "b", "c",
+         "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q", "r", "s", "t", "u",
+         "v", "w", "x", "y", "z", "##n", "##i", "##f", "##o", "##r", "##m", "##l", "##p", "##h",
+         "##a", "##u", "##e", "##b", "##c", "##x", "##t", "##d", "##k", "##s", "##g", "##y",
+         "##z", "##v", "##j", "##ra", "##ke", "##ie", "##an", "##el", "##ot", "##eb", "##or",
+         "##ha", "##lie", "##go", "del", "tan", "##ta", "delta", "tango", "##om", "##ome", "rome",
+         "romeo", "fo", "yan", "##rot", "##xt", "##kee", "foxt", "yankee", "foxtrot", "ec", "hot",
+         "##ho", "echo", "hotel", "sie", "##rra", "sierra", "li", "qu", "##ma", "##ec", "##ebec",
+         "lima", "quebec", "zeb", "zebra", "ki", "vi", "##lo", "##ct", "kilo", "vict", "victor",
+         "bra", "pa", "##pa", "##vo", "bravo", "papa", "al", "mi"]
 MARKER = "zebra"
 QUESTION = "what comes after zebra?"
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -36,12 +47,10 @@ def recipe(arg):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A tiny random BERT (hidden 64, 64 positions) with a WordPiece tokenizer trained on the
-    task's words."""
-    rs = np.random.RandomState(0)
-    lines = [" ".join(rs.choice(WORDS + [MARKER], 8)) for _ in range(300)] + [" ".join(WORDS)] \
-        + [" ".join(LONG), QUESTION + " , . ; !"]
-    return tiny_bert_checkpoint(tmp_path_factory.mktemp("qa"), lines, hidden_size=64,
+    """A tiny random BERT (hidden 64, 64 positions) with the WordPiece vocabulary that
+    `flaxbert train-tokenizer` once trained on the task's words (VOCAB: written out, because
+    training breaks ties differently from process to process, and the score moved with it)."""
+    return tiny_bert_checkpoint(tmp_path_factory.mktemp("qa"), [], vocab=VOCAB, hidden_size=64,
                                 intermediate_size=128)
 
 
