@@ -417,11 +417,18 @@ def _build_convention(directory, kind):
             raise ValueError(f"unk_id {unk_id} is outside the {len(vocab)}-piece vocabulary")
         tok = tokenizers.Tokenizer(Unigram(vocab, unk_id=unk_id, byte_fallback=False))
         if kind == "deberta":
-            # DebertaV2Tokenizer ignores the model's precompiled charsmap (no NFKC) and strips
-            # only on the right; "first" prepends "▁" to the first piece only.
+            # DebertaV2Tokenizer (transformers >= 5.25, like sentencepiece itself) applies the
+            # model's precompiled charsmap (NFKC for the released models) where the .model or
+            # tokenizer.json has one, and NFC with whitespace folding where neither does; it
+            # strips only on the right; "first" prepends "▁" to the first piece only.
             norms = [normalizers.Lowercase()] if flags["do_lower_case"] else []
-            norms += [normalizers.Replace(Regex(r"\s{2,}|[\n\r\t]"), " "), normalizers.NFC(),
-                      normalizers.Strip(left=False, right=True)]
+            if charsmap:
+                norms += [normalizers.Precompiled(charsmap),
+                          normalizers.Strip(left=False, right=True),
+                          normalizers.Replace(Regex(r" {2,}"), " ")]
+            else:
+                norms += [normalizers.Replace(Regex(r"\s{2,}|[\n\r\t]"), " "), normalizers.NFC(),
+                          normalizers.Strip(left=False, right=True)]
             pre = [pre_tokenizers.Punctuation(behavior="isolated")] if flags["split_by_punct"] else []
             scheme = "always" if flags["add_prefix_space"] else "first"
             pre.append(_metaspace(scheme))
