@@ -41,6 +41,11 @@ CASES = {
                         dict(TINY_HF, relative_attention=True, position_buckets=8,
                              norm_rel_ebd="layer_norm", pos_att_type=["c2p", "p2c"],
                              conv_kernel_size=3, conv_act="gelu"), "deberta-v2", True),
+    # transformers' default layout (trigram input, NoNorm, shared query/key bottleneck), two
+    # FFNs a layer; test_mobilebert.py covers the other switches.
+    "mobilebert": (transformers.MobileBertConfig,
+                   dict(TINY_HF, embedding_size=16, intra_bottleneck_size=16,
+                        num_feedforward_networks=2), "mobilebert", True),
 }
 
 

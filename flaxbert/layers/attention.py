@@ -277,18 +277,20 @@ def _cudnn_attention(query, key, value, mask, bias, scale, dropout_rate, dropout
 
 
 def head_projection(cfg: EncoderConfig, name: str, heads: int, head_dim: int, *,
-                    into_heads: bool = True) -> nn.Einsum:
-    """hidden -> (heads, head_dim) (or back, into_heads=False) with logical axes.
+                    into_heads: bool = True, width: int | None = None) -> nn.Einsum:
+    """hidden -> (heads, head_dim) (or back, into_heads=False) with logical axes. `width` is the
+    hidden side's size where it is not hidden_size (MobileBERT's bottleneck).
 
     nn.Einsum initialises the kernel at its full (heads, head_dim) shape, so its logical axes hold
     at init under a mesh (DenseGeneral initialises a flattened 2-D kernel).
     """
     init = nn.initializers.normal(cfg.initializer_range)
+    width = cfg.hidden_size if width is None else width
     if into_heads:
-        shape, equation = (cfg.hidden_size, heads, head_dim), "bse,enh->bsnh"
+        shape, equation = (width, heads, head_dim), "bse,enh->bsnh"
         kernel_axes, bias_axes = ("embed", "heads", "kv"), ("heads", "kv")
     else:
-        shape, equation = (heads, head_dim, cfg.hidden_size), "bsnh,nhe->bse"
+        shape, equation = (heads, head_dim, width), "bsnh,nhe->bse"
         kernel_axes, bias_axes = ("heads", "kv", "embed"), ("embed",)
     return nn.Einsum(shape, equation, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
                      name=name, kernel_init=sharding.param_init(init, kernel_axes),

@@ -36,10 +36,13 @@ def dense(cfg: EncoderConfig, features: int, axes: tuple[str, str], name: str, *
         bias_init=sharding.param_init(nn.initializers.zeros, axes[-1:]), **kwargs)
 
 
-def layer_norm(cfg: EncoderConfig, name: str, axis_name: str = "embed") -> nn.LayerNorm:
+def layer_norm(cfg: EncoderConfig, name: str, axis_name: str = "embed",
+               epsilon: float | None = None) -> nn.LayerNorm:
+    """`epsilon` overrides layer_norm_eps (MobileBERT keeps torch's 1e-5 on two of its norms)."""
     # use_fast_variance=False: the two-pass variance, as torch computes it.
     return nn.LayerNorm(
-        epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
+        epsilon=cfg.layer_norm_eps if epsilon is None else epsilon,
+        dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
         use_fast_variance=False, name=name,
         scale_init=sharding.param_init(nn.initializers.ones, (axis_name,)),
         bias_init=sharding.param_init(nn.initializers.zeros, (axis_name,)))

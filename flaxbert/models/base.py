@@ -52,6 +52,11 @@ class Backbone(nn.Module):
         """None means 0..S-1; RoBERTa-style families override."""
         return None
 
+    def packing_unsupported(self) -> str | None:
+        """What in this config mixes neighbouring tokens before the encoder (so would cross
+        packed examples), or None. MobileBERT's trigram embeddings override it."""
+        return None
+
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, *,
                  segment_ids=None, pool_positions=None, output_hidden_states: bool = False,
@@ -68,6 +73,9 @@ class Backbone(nn.Module):
         encoder = self.encoder_cls(cfg, self.deterministic, name="encoder")
         mask = attention_mask
         if segment_ids is not None:
+            if self.packing_unsupported():
+                raise ValueError(f"{self.packing_unsupported()}, which would cross packed "
+                                 "examples; run this config unpacked")
             if getattr(encoder, "works_between_layers", lambda: False)():
                 raise ValueError(f"{type(encoder).__name__} mixes neighbouring tokens between "
                                  "layers (a convolution), which would cross packed examples; "
