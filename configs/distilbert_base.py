@@ -5,7 +5,8 @@ soft-target KL at temperature 2 (weight 5), MLM (weight 2) and a cosine loss on 
     flaxbert pretrain --config configs/distilbert_base.py --workdir runs/distil \
         --config.data.train=data/r512 --config.objective_settings.teacher=path/to/bert-base-uncased
 
-`:tiny` uses distilbert-tiny taught by a randomly initialised bert-tiny (a smoke test only).
+`:tiny` uses distilbert-tiny taught by a randomly initialised 4-layer bert-tiny (a smoke test
+only).
 """
 from flaxbert.training.config import default_config, tiny_run
 
@@ -22,6 +23,8 @@ def get_config(arg: str = ""):
     c.objective_settings.alpha_ce = 5.0
     c.objective_settings.alpha_mlm = 2.0
     c.objective_settings.alpha_cos = 1.0
+    # The paper's initialisation: the teacher's embeddings, MLM head and every second layer.
+    c.objective_settings.init_student_from_teacher = True
     # The student predicts over the teacher's vocabulary (the data must use its tokenizer).
     c.vocab_from_data = False
     c.data.max_predictions_per_seq = 77
@@ -35,6 +38,8 @@ def get_config(arg: str = ""):
         tiny_run(c, "distilbert-tiny")
         c.objective_settings.teacher = "bert-tiny"
         c.objective_settings.teacher_seed = 0
+        # 4 teacher layers, so that every second one fills distilbert-tiny's 2.
+        c.objective_settings.teacher_overrides = {"num_hidden_layers": 4}
     elif arg:
         raise ValueError(f"distilbert_base.py: argument {arg!r}; use nothing or tiny")
     return c

@@ -172,14 +172,15 @@ def test_registry_and_data_contract():
     assert sorted(objectives.OBJECTIVES) == [
         "chunk_classification", "classification", "distillation", "mlm", "mlm_nsp", "mlm_sop",
         "multiple_choice", "multitask_classification", "plm", "question_answering", "rtd",
-        "token_classification"]
+        "tinybert", "tinybert_task", "token_classification"]
     table = {n: (c.data, c.pair_task) for n, c in objectives.OBJECTIVES.items()}
     assert table == {"mlm": ("mlm", None), "mlm_nsp": ("mlm", "nsp"), "mlm_sop": ("mlm", "sop"),
                      "rtd": ("mlm", None), "distillation": ("mlm", None), "plm": ("plm", None),
                      "classification": ("task", None), "token_classification": ("task", None),
                      "multiple_choice": ("task", None), "question_answering": ("task", None),
                      "chunk_classification": ("task", None),
-                     "multitask_classification": ("task", None)}
+                     "multitask_classification": ("task", None),
+                     "tinybert": ("mlm", None), "tinybert_task": ("task", None)}
 
 
 def test_bert_objective_equals_transformers_pretraining_loss(tmp_path):

@@ -79,7 +79,8 @@ class ElectraPair(nn.Module):
 
     def setup(self):
         gen, disc = self.generator_config, self.discriminator_config
-        for field in ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size"):
+        for field in ("vocab_size", "padded_vocab_size", "embedding_size",
+                      "max_position_embeddings", "type_vocab_size"):
             if getattr(gen, field) != getattr(disc, field):
                 raise ValueError(f"ElectraPair: generator {field}={getattr(gen, field)} differs "
                                  f"from the discriminator's {getattr(disc, field)}; shared "

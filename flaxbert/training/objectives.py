@@ -14,8 +14,11 @@ permutation inputs are drawn inside the jitted step.
     mlm_nsp       BERT              "pretraining" (+ pair head)  MLM + NSP
     mlm_sop       ALBERT            "pretraining" (+ pair head)  MLM + SOP
     rtd           ELECTRA           ElectraPair                  gen MLM + rtd_weight * RTD
+                  DeBERTa-v3        EmbeddingSharingPair (gdes)  (embedding_sharing.py)
     distillation  DistilBERT        "masked-lm", frozen teacher  a_ce KL_T + a_mlm MLM + a_cos cos
     plm           XLNet             "lm"                         permutation LM
+    tinybert      TinyBERT          "masked-lm", frozen teacher  emb + hidden + attention MSE
+                                                                 (+ soft CE); tinybert.py
 
 Settings are per objective (`Objective.defaults` lists them); an unknown one is an error.
 Losses are computed in float32 whatever the model's compute dtype (`flaxbert.training.losses`).
@@ -150,6 +153,19 @@ class Objective:
         """The task of the one model trained (what a checkpoint to start from is loaded as)."""
         return self.task
 
+    def params_from(self, path: str, like) -> Any:
+        """The params to train, from a checkpoint directory (config.init_from); `like` is the
+        run's abstract params, which the trainer checks the result against."""
+        import flaxbert
+        # The run's vocabulary padding (a tensor-parallel mesh's), which no checkpoint holds.
+        return flaxbert.from_pretrained(path, task=self.task_name(),
+                                        vocab_pad_multiple=self.config.vocab_pad_multiple)[1]
+
+    def initial_params(self, like, frozen) -> Any:
+        """Params to start from instead of a random init when there is no init_from (the
+        DistilBERT student from its teacher), or None; `frozen` is load_frozen()'s tree."""
+        return None
+
     def frozen_abstract(self) -> dict | None:
         """Boxed abstract params (eval_shape of init, ["params"]) of the non-trained network
         (distillation's teacher); load_frozen() returns the same tree, concrete and unboxed."""
@@ -239,27 +255,32 @@ class MaskedLMSentenceOrder(MaskedLMWithPair):
 # ----------------------------------------------------------------------------- ELECTRA
 
 def generator_config(discriminator: EncoderConfig, generator: str | EncoderConfig | None = None,
-                     size: float = 0.25) -> EncoderConfig:
+                     size: float = 0.25, depth: float = 1.0) -> EncoderConfig:
     """ELECTRA's generator config: a registered name or config (its vocabulary, positions, token
     types and run-time fields follow the discriminator's), or `size` times the discriminator
-    (hidden, heads, intermediate scaled; the same layers and embedding size). The paper's
-    generators are 1/4 (base, large) to 1/3 (small) of the discriminator."""
+    (hidden, heads, intermediate scaled; the same embedding size) with `depth` times its layers.
+    ELECTRA's generators are 1/4 (base, large) to 1/3 (small) as wide, as deep; DeBERTa-v3's
+    are as wide and half as deep (size=1, depth=0.5)."""
     if generator is not None:
         config = registry.get_config(generator) if isinstance(generator, str) else generator
         if type(config) is not type(discriminator):
             raise ValueError(f"generator config is a {type(config).__name__}, the discriminator's "
                              f"a {type(discriminator).__name__}")
-        follow = ("vocab_size", "max_position_embeddings", "type_vocab_size", "pad_token_id",
-                  "dtype", "param_dtype", "attention_impl", "scan_layers", "remat_policy")
+        follow = ("vocab_size", "vocab_pad_multiple", "max_position_embeddings",
+                  "type_vocab_size", "pad_token_id", "dtype", "param_dtype", "attention_impl",
+                  "scan_layers", "remat_policy")
         config = config.replace(**{k: getattr(discriminator, k) for k in follow})
     else:
         if not 0 < size <= 1:
             raise ValueError(f"generator_size={size} must be in (0, 1]")
+        if not 0 < depth <= 1:
+            raise ValueError(f"generator_depth={depth} must be in (0, 1]")
         heads = max(1, round(discriminator.num_attention_heads * size))
         hidden = heads * max(1, round(discriminator.hidden_size * size / heads))
         config = discriminator.replace(
             hidden_size=hidden, num_attention_heads=heads,
-            intermediate_size=max(1, round(discriminator.intermediate_size * size)))
+            intermediate_size=max(1, round(discriminator.intermediate_size * size)),
+            num_hidden_layers=max(1, round(discriminator.num_hidden_layers * depth)))
     if config.hidden_size > discriminator.hidden_size:
         raise ValueError(f"the generator (hidden_size={config.hidden_size}) is wider than the "
                          f"discriminator (hidden_size={discriminator.hidden_size}); ELECTRA's "
@@ -298,35 +319,51 @@ def replace_masked_tokens(input_ids, masked_positions, masked_ids, masked_weight
 
 class ReplacedTokenDetection(Objective):
     """ELECTRA: the generator's MLM on the masked positions, its samples written there, the
-    discriminator told which tokens were replaced; loss = gen MLM + rtd_weight * RTD. One
-    embedding is shared (ElectraPair) and gets gradient from both."""
+    discriminator told which tokens were replaced; loss = gen MLM + rtd_weight * RTD.
+
+    `embedding_sharing` (flaxbert.training.embedding_sharing): "es" shares one embedding that
+    gets gradient from both losses (ELECTRA's ElectraPair, its whole embedding module), "gdes"
+    gives the discriminator stop_gradient(E) + its own zero-initialised delta (DeBERTa-v3),
+    "nes" shares nothing. Any family with a replaced-token detection model trains (ELECTRA,
+    DeBERTa-v2/v3). `init_from` starts from a pair export (generator/ and discriminator/) or,
+    with `init_from_generator`, from two directories (released checkpoints)."""
 
     name = "rtd"
     needs_rng = True
     defaults = {"label_smoothing": 0.0, "generator": None, "generator_size": 0.25,
-                "rtd_weight": 50.0, "sampling": "categorical", "temperature": 1.0}
+                "generator_depth": 1.0, "rtd_weight": 50.0, "sampling": "categorical",
+                "temperature": 1.0, "embedding_sharing": "es", "init_from_generator": ""}
 
     def build_model(self):
         from flaxbert.models.electra import ElectraConfig, ElectraPair
-        if not isinstance(self.config, ElectraConfig):
-            raise ValueError(f"objective 'rtd' trains an ELECTRA pair; got a "
-                             f"{type(self.config).__name__}")
+        from flaxbert.training.embedding_sharing import EmbeddingSharingPair
         if self.settings["sampling"] not in ("categorical", "gumbel"):
             raise ValueError(f"sampling={self.settings['sampling']!r}; choose 'categorical' or "
                              "'gumbel'")
         self.generator_config = generator_config(self.config, self.settings["generator"],
-                                                 self.settings["generator_size"])
-        return ElectraPair(self.generator_config, self.config)
+                                                 self.settings["generator_size"],
+                                                 self.settings["generator_depth"])
+        sharing = self.settings["embedding_sharing"]
+        if isinstance(self.config, ElectraConfig) and sharing == "es":
+            return ElectraPair(self.generator_config, self.config)
+        return EmbeddingSharingPair(self.generator_config, self.config, sharing)
+
+    def run(self, part, params, tokens, rng, deterministic, **kwargs):
+        """The pair's generator (part "generate") or discriminator ("discriminate")."""
+        from flaxbert.models.electra import ElectraPair
+        if isinstance(self.model, ElectraPair):
+            return self.apply(self.model, params, tokens, rng, deterministic,
+                              method=getattr(ElectraPair, part), **kwargs)
+        module, part_params = self.model.part(part, params)
+        return self.apply(module, part_params, tokens, rng, deterministic, **kwargs)
 
     def corrupt(self, params, batch, rng, deterministic):
         """The generator's logits at the masked positions (B, P, V), the discriminator's input
         ids with its samples written there (B, S), and is_replaced (B, S)."""
-        from flaxbert.models.electra import ElectraPair
         gen_key, sample_key = jax.random.split(rng)
         tokens = self.tokens(batch)
-        generated = self.apply(self.model, params, tokens, gen_key, deterministic,
-                               masked_positions=batch["masked_positions"],
-                               method=ElectraPair.generate)
+        generated = self.run("generate", params, tokens, gen_key, deterministic,
+                             masked_positions=batch["masked_positions"])
         sampled = sample_tokens(sample_key, generated.logits,
                                 temperature=self.settings["temperature"],
                                 method=self.settings["sampling"])
@@ -336,13 +373,11 @@ class ReplacedTokenDetection(Objective):
         return generated.logits, ids, is_replaced
 
     def compute(self, params, batch, rng, deterministic, frozen):
-        from flaxbert.models.electra import ElectraPair
         corrupt_key, disc_key = jax.random.split(rng)
         gen_logits, ids, is_replaced = self.corrupt(params, batch, corrupt_key, deterministic)
         gen_loss, metrics = self.mlm(gen_logits, batch)
         tokens = self.tokens(batch)
-        disc = self.apply(self.model, params, (ids,) + tokens[1:], disc_key, deterministic,
-                          method=ElectraPair.discriminate)
+        disc = self.run("discriminate", params, (ids,) + tokens[1:], disc_key, deterministic)
         rtd, rtd_metrics = losses.replaced_token_detection_loss(
             disc.logits, is_replaced, self.row_weights(batch, tokens[1]))
         return gen_loss + self.settings["rtd_weight"] * rtd, {**metrics, **rtd_metrics}
@@ -350,6 +385,31 @@ class ReplacedTokenDetection(Objective):
     def task_name(self):
         raise ValueError("objective 'rtd' trains a generator + discriminator pair, not one "
                          "task model; it cannot start from a single checkpoint")
+
+    def params_from(self, path, like):
+        """The pair from `path`: a pair export (its generator/ and discriminator/), or the
+        discriminator's directory with settings["init_from_generator"] the generator's."""
+        import flaxbert
+        from flaxbert.training.embedding_sharing import checked_params
+        gen_dir = self.settings["init_from_generator"]
+        parts = [("init_from_generator", gen_dir), ("init_from", path)]
+        if not gen_dir:
+            pair = [os.path.join(path, sub) for sub in ("generator", "discriminator")]
+            if not all(os.path.isdir(p) for p in pair):
+                raise ValueError(f"init_from={path}: objective 'rtd' starts a generator and a "
+                                 "discriminator; give a pair export (a directory holding "
+                                 "generator/ and discriminator/, what an rtd run exports) or "
+                                 "the discriminator's directory with "
+                                 "objective_settings.init_from_generator")
+            parts = [("init_from", pair[0]), ("init_from", pair[1])]
+        like_parts = jax.eval_shape(self.model.split, like)
+        loaded = []
+        for (field, directory), task, part_like in zip(parts, ("masked-lm", "pretraining"),
+                                                       like_parts):
+            _, params = flaxbert.from_pretrained(
+                directory, task=task, vocab_pad_multiple=self.config.vocab_pad_multiple)
+            loaded.append(checked_params(params, part_like, f"{field}={directory}"))
+        return self.model.join(*loaded)
 
     def export(self, params):
         gen_params, disc_params = self.model.split(params)
@@ -366,12 +426,29 @@ class Distillation(MaskedLM):
 
     settings["teacher"] is a checkpoint directory (transformers or flaxbert, loaded with
     flaxbert.from_pretrained) or a registered name initialised from teacher_seed (tests);
-    teacher_overrides are config fields for it. The student's compute dtype applies to both."""
+    teacher_overrides are config fields for it. The student's compute dtype applies to both.
+    init_student_from_teacher starts the student from the teacher's embeddings, MLM head and
+    every second layer (student_layers: which teacher layers instead), as the paper did
+    (flaxbert.models.distilbert.student_from_teacher)."""
 
     name = "distillation"
     defaults = {"label_smoothing": 0.0, "teacher": None, "teacher_seed": 0,
                 "teacher_overrides": {}, "alpha_ce": 5.0, "alpha_mlm": 2.0, "alpha_cos": 1.0,
-                "temperature": 2.0}
+                "temperature": 2.0, "init_student_from_teacher": False, "student_layers": ()}
+
+    def initial_params(self, like, frozen):
+        if not self.settings["init_student_from_teacher"]:
+            return None
+        from flaxbert.models.distilbert import student_from_teacher
+        from flaxbert.training.embedding_sharing import checked_params
+        layers = tuple(self.settings["student_layers"]) or None
+        teacher = self.load_frozen() if frozen is None else frozen
+        _, params = student_from_teacher(self.teacher, teacher, layers=layers)
+        # Copies: the train step donates the student's buffers, and the teacher's are its input.
+        params = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params)
+        chosen = f"layers {list(layers)}" if layers else "every second layer"
+        return checked_params(params, like, f"objective_settings.init_student_from_teacher: "
+                                            f"the teacher {self.settings['teacher']}'s {chosen}")
 
     def build_model(self):
         student = super().build_model()
@@ -379,7 +456,9 @@ class Distillation(MaskedLM):
         if not teacher:
             raise ValueError("objective 'distillation' needs settings['teacher']: a checkpoint "
                              "directory or a registered model name")
-        overrides = {"dtype": self.config.dtype, **dict(self.settings["teacher_overrides"])}
+        overrides = {"dtype": self.config.dtype,
+                     "vocab_pad_multiple": self.config.vocab_pad_multiple,
+                     **dict(self.settings["teacher_overrides"])}
         self._teacher_params = None
         if os.path.isdir(teacher):
             import flaxbert
@@ -792,10 +871,13 @@ class MultiTaskClassification(TaskObjective):
                 for name, labels in self.tasks]
 
 
+# TinyBERT's file subclasses the classes above, so it is imported once they exist.
+from flaxbert.training.tinybert import TinyBERT, TinyBERTTask  # noqa: E402
+
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (
     MaskedLM, MaskedLMNextSentence, MaskedLMSentenceOrder, ReplacedTokenDetection, Distillation,
     PermutationLM, SequenceClassification, TokenClassification, MultipleChoice,
-    QuestionAnswering, ChunkClassification, MultiTaskClassification)}
+    QuestionAnswering, ChunkClassification, MultiTaskClassification, TinyBERT, TinyBERTTask)}
 
 
 def get_objective(name: str, model_config: EncoderConfig,
