@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flaxbert import storage
 from flaxbert.models import registry
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def _overrides(config) -> dict:
 def data_dirs(config) -> list[str]:
     dirs = [d.strip() for d in str(config.data.train).split(",") if d.strip()]
     for d in dirs:
-        if not (Path(d) / "manifest.json").is_file():
+        if not (storage.as_path(d) / "manifest.json").is_file():  # local or gs://
             raise FileNotFoundError(f"data.train: {d} is not a directory written by "
                                     "`flaxbert prepare` (no manifest.json)")
     return dirs
@@ -77,8 +78,20 @@ class PretrainingData:
         self.seq_len = int(manifest["max_seq_length"])
         d = config.data
         self.masking = MaskingConfig(
-            mlm_probability=d.mlm_probability, max_predictions_per_seq=d.max_predictions_per_seq,
+            mlm_probability=d.mlm_probability,
+            max_predictions_per_seq=d.max_predictions_per_seq or None,  # 0: sized to the rate
+            mask_token_prob=d.get("mask_token_fraction", 0.8),
+            random_token_prob=d.get("random_token_fraction", 0.1),
             whole_word=d.whole_word, max_ngram=d.max_ngram) if d.masking else None
+        from flaxbert.data.length_schedule import parse_length_schedule
+        self.length_schedule = parse_length_schedule(
+            d.get("seq_length_schedule", ""), config.train.num_steps, self.seq_len)
+        if self.masking is not None:
+            wanted = max(1, round(d.mlm_probability * self.seq_len))
+            if self.masking.predictions(self.seq_len) < wanted:
+                log.warning("data.max_predictions_per_seq=%d caps masking below "
+                            "data.mlm_probability=%g of %d tokens (%d); raise it or set 0",
+                            d.max_predictions_per_seq, d.mlm_probability, self.seq_len, wanted)
 
     @property
     def tokenizer_dir(self) -> str:
@@ -111,7 +124,8 @@ class PretrainingData:
 
     def example_batch(self, batch_size: int = 1) -> dict:
         """Zeros shaped like a pipeline batch (for init and shape checks)."""
-        s, p = self.seq_len, self.config.data.max_predictions_per_seq
+        s = self.seq_len
+        p = self.masking.predictions(s) if self.masking is not None else 0
         batch = {"input_ids": np.ones((batch_size, s), np.int32),
                  "attention_mask": np.ones((batch_size, s), np.int32),
                  "token_type_ids": np.zeros((batch_size, s), np.int32)}
@@ -129,7 +143,8 @@ class PretrainingData:
                              global_batch_size=self.config.train.global_batch_size,
                              masking=self.masking, seed=self.config.data.seed,
                              shuffle_buffer=self.config.data.shuffle_buffer,
-                             start_batch=int((state or {}).get("next_batch", 0)))
+                             start_batch=int((state or {}).get("next_batch", 0)),
+                             length_schedule=self.length_schedule)
 
     def eval_passes(self):
         """[(metric prefix, batches)]: the validation split once, in order."""
@@ -161,8 +176,10 @@ class TaskData:
 
     def __init__(self, config, description: dict | None = None):
         from flaxbert.tokenizer import Tokenizer
+        from flaxbert.training.objectives import OBJECTIVES
         self.config, t = config, config.task
-        self.kind = config.objective
+        # An objective that trains on another's data (TinyBERT's task stage) names that one.
+        self.kind = getattr(OBJECTIVES.get(config.objective), "task_kind", config.objective)
         self.seq_len = int(t.max_seq_length)
         self._long_inputs_mode(config)
         self.glue = None
