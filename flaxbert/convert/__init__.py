@@ -49,8 +49,8 @@ def with_num_labels(model: nn.Module, params: dict, num_labels: int, task: str |
     sequence-classification. A head of the same task with another number of labels is refused
     unless replace_head=True (transformers' ignore_mismatched_sizes=True): then only the
     mis-sized tensors are initialised afresh. `source` names the checkpoint in messages."""
-    from flaxbert.convert.hf import (InMemoryTensors, _leaves, _unrolled, abstract_params,
-                                     hf_state_dict, params_from_tensors)
+    from flaxbert.convert.hf import (InMemoryTensors, hf_state_dict, model_leaves,
+                                     params_from_tensors)
     from flaxbert.models import registry
     if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
         raise ValueError(f"num_labels={num_labels!r} must be an int >= 1")
@@ -70,8 +70,7 @@ def with_num_labels(model: nn.Module, params: dict, num_labels: int, task: str |
                              f"a fresh {num_labels}-label head with replace_head=True (flaxbert "
                              "convert --ignore-mismatched-sizes)")
         base = family.hf.base_prefix + "."
-        expected = {leaf.hf_key: leaf.hf_shape for leaf in _leaves(
-            family, abstract_params(_unrolled(new)), base, new.config)}
+        expected = {leaf.hf_key: leaf.hf_shape for leaf in model_leaves(new, base)}
         tensors = InMemoryTensors({k: v for k, v in tensors.items()
                                    if k not in expected or tensors.shape(k) == expected[k]})
         saved_task = "base"  # so the dropped tensors count as a head to initialise, not as missing

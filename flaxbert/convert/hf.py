@@ -305,12 +305,18 @@ class _Leaf:
 
     A Dense kernel (in..., out...) is torch's (out, in) weight transposed, flattened where the
     flax side splits heads (`in_dims` input axes); a bias is flattened; a weight with a declared
-    `permutation` (a conv kernel) is transposed by it; anything else is copied as is.
+    `permutation` (a conv kernel) is transposed by it; anything else is copied as is. A padded
+    vocabulary axis (`vocab_axis`, EncoderConfig.vocab_pad_multiple) holds `vocab_size` rows in
+    transformers: the padding rows are dropped on the way out and zeros on the way in.
     """
 
-    def __init__(self, path, shape, hf_key, in_dims=0, permutation=None):
-        self.path, self.shape, self.hf_key = path, tuple(shape), hf_key
-        self.in_dims, self.permutation = in_dims, permutation
+    def __init__(self, path, shape, hf_key, in_dims=0, permutation=None, vocab_axis=None,
+                 vocab_size=0):
+        self.path, self.hf_key, self.padded_shape = path, hf_key, tuple(shape)
+        self.in_dims, self.permutation, self.vocab_axis = in_dims, permutation, vocab_axis
+        self.shape = self.padded_shape  # the flax shape of the rows transformers holds
+        if vocab_axis is not None:
+            self.shape = shape[:vocab_axis] + (vocab_size,) + shape[vocab_axis + 1:]
 
     @property
     def hf_shape(self) -> tuple[int, ...]:
@@ -324,10 +330,18 @@ class _Leaf:
 
     def to_flax(self, hf: np.ndarray) -> np.ndarray:
         if self.permutation:
-            return hf.transpose(np.argsort(self.permutation))
-        return hf.T.reshape(self.shape) if self.in_dims else hf.reshape(self.shape)
+            value = hf.transpose(np.argsort(self.permutation))
+        else:
+            value = hf.T.reshape(self.shape) if self.in_dims else hf.reshape(self.shape)
+        if self.vocab_axis is None:
+            return value
+        padding = list(self.padded_shape)
+        padding[self.vocab_axis] -= self.shape[self.vocab_axis]
+        return np.concatenate([value, np.zeros(padding, value.dtype)], axis=self.vocab_axis)
 
     def to_hf(self, value: np.ndarray) -> np.ndarray:
+        if self.vocab_axis is not None:
+            value = value[(slice(None),) * self.vocab_axis + (slice(0, self.shape[self.vocab_axis]),)]
         if self.permutation:
             return value.transpose(self.permutation)
         if self.in_dims:
@@ -336,8 +350,11 @@ class _Leaf:
 
 
 def _leaves(family: registry.Family, abstract_params: dict, base: str,
-            config: EncoderConfig | None = None) -> list[_Leaf]:
-    """Map every (unrolled) flax parameter to its transformers key."""
+            config: EncoderConfig | None = None,
+            vocab_axes: dict[tuple[str, ...], int] | None = None) -> list[_Leaf]:
+    """Map every (unrolled) flax parameter to its transformers key; `vocab_axes` (from
+    `padded_vocab_axes`) names the parameters whose vocabulary rows are padded."""
+    vocab_axes = vocab_axes or {}
     flat = dict(_flatten(abstract_params))
     leaves = []
     for path, value in flat.items():
@@ -356,8 +373,31 @@ def _leaves(family: registry.Family, abstract_params: dict, base: str,
         if path[-1] == "kernel" and permutation is None:
             bias = flat.get(path[:-1] + ("bias",))
             in_dims = value.ndim - (bias.ndim if bias is not None else 1)
-        leaves.append(_Leaf(path, value.shape, hf_key, in_dims, permutation))
+        leaves.append(_Leaf(path, value.shape, hf_key, in_dims, permutation,
+                            vocab_axes.get(path), config.vocab_size if config else 0))
     return leaves
+
+
+def padded_vocab_axes(model: nn.Module) -> dict[tuple[str, ...], int]:
+    """Parameter path -> its `vocab` axis, for the parameters whose vocabulary is padded beyond
+    vocab_size (EncoderConfig.vocab_pad_multiple); found by the logical axis names."""
+    cfg = model.config
+    if cfg.padded_vocab_size == cfg.vocab_size:
+        return {}
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), **model.dummy_inputs()))
+    axes = {}
+    for path, leaf in _flatten(boxed["params"]):
+        names = tuple(getattr(leaf, "names", ()))
+        if "vocab" in names and np.shape(leaf.value)[names.index("vocab")] == cfg.padded_vocab_size:
+            axes[path] = names.index("vocab")
+    return axes
+
+
+def model_leaves(model: nn.Module, base: str) -> list[_Leaf]:
+    """`_leaves` of `model`'s unrolled parameters, padded vocabulary included."""
+    unrolled = _unrolled(model)
+    return _leaves(registry.family_of(model.config), abstract_params(unrolled), base,
+                   model.config, padded_vocab_axes(unrolled))
 
 
 def abstract_params(model: nn.Module) -> dict:
@@ -453,7 +493,7 @@ def params_from_tensors(model: nn.Module, tensors, saved_task: str, source: str,
     prefix = family.hf.base_prefix + "."
     base = prefix if any(k.startswith(prefix) for k in tensors.keys()) else ""
     flat, missing, used = {}, [], set()
-    leaves = progress(_leaves(family, abstract_params(_unrolled(model)), base, config),
+    leaves = progress(model_leaves(model, base),
                       desc="reading checkpoint", unit="tensor",
                       enabled=getattr(tensors, "sharded", False))  # large models are sharded
     for leaf in leaves:
@@ -543,7 +583,7 @@ def hf_state_dict(model: nn.Module, params: dict,
     base = "" if arch == family.hf.class_prefix + "Model" else family.hf.base_prefix + "."
     flat = dict(_flatten(params))
     out = {}
-    for leaf in _leaves(family, abstract_params(_unrolled(model)), base, model.config):
+    for leaf in model_leaves(model, base):
         out[leaf.hf_key] = leaf.to_hf(np.asarray(jax.device_get(flat[leaf.path])))
     return out
 

@@ -40,7 +40,8 @@ FIELD_RANGES = {
                      "attention_window"),
                     _AT_LEAST_ONE),
     **dict.fromkeys(("type_vocab_size", "pad_token_id", "initializer_range", "conv_kernel_size",
-                     "mem_len", "reuse_len", "global_attention_tokens"), _AT_LEAST_ZERO),
+                     "mem_len", "reuse_len", "global_attention_tokens", "vocab_pad_multiple"),
+                    _AT_LEAST_ZERO),
     **dict.fromkeys(("layer_norm_eps", "lora_alpha"), ("> 0", lambda v: v > 0)),
 }
 _RATE = ("in [0, 1)", lambda v: 0 <= v < 1)
@@ -69,7 +70,8 @@ def accepts(hint, value) -> bool:
 # Fields of ours that transformers' config.json does not carry.
 FLAXBERT_FIELDS = ("num_labels", "id2label", "pooling", "normalize_embeddings", "dtype",
                    "param_dtype", "attention_impl", "attention_window",
-                   "global_attention_tokens", "scan_layers", "remat_policy", "peft",
+                   "global_attention_tokens", "scan_layers", "remat_policy",
+                   "vocab_pad_multiple", "peft",
                    "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "adapter_size",
                    "adapter_act")
 PEFT_FIELDS = FLAXBERT_FIELDS[FLAXBERT_FIELDS.index("peft"):]
@@ -108,6 +110,11 @@ class EncoderConfig:
     global_attention_tokens: int = 1
     scan_layers: bool = False
     remat_policy: str = "none"
+    # The word-embedding table and the MLM bias get ceil(vocab_size / m) * m rows (0 or 1: none),
+    # so the `vocab` axis divides over a tensor-parallel mesh axis (BERT's 30,522 rows do not
+    # divide by 4). The extra rows are never looked up, logits are cut back to vocab_size inside
+    # the heads, and conversion to transformers drops them.
+    vocab_pad_multiple: int = 0
     # Parameter-efficient fine-tuning: W x + (lora_alpha / lora_rank) B A x on lora_targets, or
     # adapters h + up(act(down(h))) of width adapter_size.
     peft: str = "none"
@@ -139,7 +146,9 @@ class EncoderConfig:
                  f"{name}={value!r} must be finite")
             bound, ok = FIELD_RANGES.get(name) or (_RATE if "dropout" in name else ("", None))
             need(ok is None or ok(value), f"{name}={value!r} must be {bound}")
-            need(not name.endswith(("_act", "_activation")) or not value or value in ACTIVATIONS,
+            # (MobileBERT's classifier_activation is a bool: whether its pooler has one.)
+            need(not name.endswith(("_act", "_activation")) or not isinstance(value, str)
+                 or not value or value in ACTIVATIONS,
                  f"{name}={value!r} is not an activation flaxbert has; choose one of "
                  f"{sorted(ACTIVATIONS)}")
         need(self.pad_token_id < self.vocab_size,
@@ -174,6 +183,13 @@ class EncoderConfig:
     def max_sequence_length(self) -> int:
         """Longest input the position table allows (RoBERTa-style offsets lower it)."""
         return self.max_position_embeddings
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the word-embedding table and MLM bias (vocab_size rounded up to
+        vocab_pad_multiple)."""
+        m = max(self.vocab_pad_multiple, 1)
+        return -(-self.vocab_size // m) * m
 
     @property
     def head_dim(self) -> int:

@@ -72,9 +72,11 @@ def check_tokens(cfg: EncoderConfig, input_ids, attention_mask=None, token_type_
                          "and 1, 2, ... for the examples of a row")
 
 
-def _lookup(table: nn.Embed, ids):
-    # Negative ids would wrap around; send them past the end, where the lookup fills NaN.
-    ids = jnp.where(ids < 0, table.num_embeddings, ids)
+def _lookup(table: nn.Embed, ids, limit: int | None = None):
+    # Negative ids would wrap around, and ids >= `limit` would read a padding row of a padded
+    # vocabulary (vocab_pad_multiple): send them past the end, where the lookup fills NaN.
+    bad = ids < 0 if limit is None or limit >= table.num_embeddings else (ids < 0) | (ids >= limit)
+    ids = jnp.where(bad, table.num_embeddings, ids)
     return table(ids)
 
 
@@ -109,7 +111,8 @@ class Embeddings(nn.Module):
                             param_dtype=cfg.weights_dtype, name=name,
                             embedding_init=sharding.param_init(init, axes))
 
-        x = _lookup(table(cfg.vocab_size, ("vocab", "embed"), "word_embeddings"), input_ids)
+        x = _lookup(table(cfg.padded_vocab_size, ("vocab", "embed"), "word_embeddings"),
+                    input_ids, cfg.vocab_size)
         if getattr(cfg, "position_biased_input", True):
             if position_ids is None:
                 position_ids = jnp.arange(input_ids.shape[-1])[None, :]

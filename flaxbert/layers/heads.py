@@ -48,10 +48,16 @@ class MaskedLMHead(nn.Module):
         x = activation(self.activation or cfg.hidden_act)(x)
         x = layer_norm(cfg, "norm", axis_name="embed_proj")(x)
         bias = self.param("bias", sharding.param_init(nn.initializers.zeros, ("vocab",)),
-                          (cfg.vocab_size,), cfg.weights_dtype)
+                          (cfg.padded_vocab_size,), cfg.weights_dtype)
         logits = jnp.einsum("...e,ve->...v", x, embedding_table.astype(cfg.compute_dtype))
-        logits = logits + bias.astype(cfg.compute_dtype)
-        return sharding.constrain(logits, ("act_batch", "act_length", "act_vocab")[-logits.ndim:])
+        return vocab_logits(cfg, logits + bias.astype(cfg.compute_dtype))
+
+
+def vocab_logits(cfg: EncoderConfig, logits):
+    """Logits over the padded vocabulary (sharded like it) cut to the real `vocab_size`, so no
+    loss, metric, sampler or pipeline ever sees a padding row."""
+    logits = sharding.constrain(logits, ("act_batch", "act_length", "act_vocab")[-logits.ndim:])
+    return logits[..., :cfg.vocab_size] if logits.shape[-1] != cfg.vocab_size else logits
 
 
 class Classifier(nn.Module):

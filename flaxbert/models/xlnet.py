@@ -29,7 +29,7 @@ from flaxbert.layers.config import EncoderConfig
 from flaxbert.layers.embeddings import _lookup, check_tokens
 from flaxbert.layers.encoder import rematerialised
 from flaxbert.layers.feed_forward import activation, layer_norm, projection
-from flaxbert.layers.heads import SummaryClassifier
+from flaxbert.layers.heads import SummaryClassifier, vocab_logits
 from flaxbert.models import base, registry
 from flaxbert.models.outputs import Output
 
@@ -334,12 +334,12 @@ class XLNetBackbone(nn.Module):
         init = nn.initializers.normal(cfg.initializer_range)
         drop = nn.Dropout(cfg.hidden_dropout_prob, deterministic=self.deterministic)
 
-        table = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype,
+        table = nn.Embed(cfg.padded_vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype,
                          param_dtype=cfg.weights_dtype, name="word_embeddings",
                          embedding_init=sharding.param_init(init, ("vocab", "embed")))
         mask_emb = self.param("mask_emb", sharding.param_init(init, (None, None, "embed")),
                               (1, 1, cfg.hidden_size), cfg.weights_dtype)
-        h = sharding.constrain(drop(_lookup(table, input_ids)), sharding.HIDDEN)
+        h = sharding.constrain(drop(_lookup(table, input_ids, cfg.vocab_size)), sharding.HIDDEN)
         g = None
         if target_mapping is not None:
             g = drop(jnp.broadcast_to(mask_emb.astype(cfg.compute_dtype),
@@ -413,10 +413,9 @@ class TiedLMHead(nn.Module):
     def __call__(self, hidden, embedding_table):
         cfg = self.config
         bias = self.param("bias", sharding.param_init(nn.initializers.zeros, ("vocab",)),
-                          (cfg.vocab_size,), cfg.weights_dtype)
+                          (cfg.padded_vocab_size,), cfg.weights_dtype)
         logits = jnp.einsum("...e,ve->...v", hidden, embedding_table.astype(cfg.compute_dtype))
-        logits = logits + bias.astype(cfg.compute_dtype)
-        return sharding.constrain(logits, ("act_batch", "act_length", "act_vocab"))
+        return vocab_logits(cfg, logits + bias.astype(cfg.compute_dtype))
 
 
 class XLNetLMHeadModel(XLNetTaskModel):
