@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml setup.py
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first, so nothing pulls a CUDA build from the registry.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[data,test]'
+	$(PY) -m pip install -q -e '.[data,test,tpu]'
 	touch $(STAMP)
 
 test: $(STAMP)

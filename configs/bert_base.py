@@ -9,14 +9,19 @@ MLM + NSP, batch 256, AdamW lr 1e-4 (weight decay 0.01, linear warmup 10k steps,
     flaxbert pretrain --config configs/bert_base.py:phase2 --workdir runs/bert2 \
         --config.data.train=data/s512 --config.init_from=runs/bert1/export/step_900000
 
-`:tiny` switches to bert-tiny for a local run on a CPU.
+`:tiny` switches to bert-tiny for a local run on a CPU. `:pod` is phase 2 (512 tokens, 80
+predictions) on bert-large-uncased for a TPU slice of 256+ chips: batch 2048 in 2 microbatches,
+bf16 compute, scanned layers, remat "dots", FSDP over every chip (flaxbert.training.config.pod_run;
+measured with `flaxbert compile` in tpu_scripts/README.md):
+
+    flaxbert compile --config configs/bert_base.py:pod --topology v5e:16x16
 """
-from flaxbert.training.config import default_config, tiny_run
+from flaxbert.training.config import default_config, pod_run, tiny_run
 
 
 def get_config(arg: str = "phase1"):
-    if arg not in ("phase1", "phase2", "tiny"):
-        raise ValueError(f"bert_base.py: argument {arg!r}; use phase1, phase2 or tiny")
+    if arg not in ("phase1", "phase2", "tiny", "pod"):
+        raise ValueError(f"bert_base.py: argument {arg!r}; use phase1, phase2, tiny or pod")
     c = default_config()
     c.model = "bert-base-uncased"
     c.objective = "mlm_nsp"
@@ -24,7 +29,7 @@ def get_config(arg: str = "phase1"):
     c.optimizer.learning_rate = 1e-4
     c.optimizer.weight_decay = 0.01
     c.optimizer.decay = "linear"
-    if arg == "phase2":
+    if arg in ("phase2", "pod"):
         c.train.num_steps = 100_000
         c.optimizer.warmup_steps = 1_000
         c.data.max_predictions_per_seq = 80
@@ -35,4 +40,6 @@ def get_config(arg: str = "phase1"):
     c.checkpoint.save_every = 10_000
     if arg == "tiny":
         tiny_run(c, "bert-tiny")
+    if arg == "pod":
+        pod_run(c, "bert-large-uncased", global_batch_size=2048, num_microbatches=2)
     return c

@@ -2,14 +2,21 @@
 512 tokens, batch 256, AdamW lr 2e-4, 10k warmup, 766k steps, generator electra-base-generator.
 
     flaxbert pretrain --config configs/electra_base.py --workdir runs/electra-base --config.data.train=data/e512
+
+`:pod` is ELECTRA-large (electra-large-discriminator with electra-large-generator, the paper's
+batch 2048, here in 2 microbatches) for a TPU slice of 256+ chips: bf16 compute, scanned layers,
+remat "dots", FSDP over every chip (flaxbert.training.config.pod_run; measured with
+`flaxbert compile` in tpu_scripts/README.md):
+
+    flaxbert compile --config configs/electra_base.py:pod --topology v5e:16x16
 """
-from flaxbert.training.config import default_config
+from flaxbert.training.config import default_config, pod_run
 
 
 def get_config(arg: str = ""):
-    if arg:
-        raise ValueError(f"electra_base.py takes no argument (got {arg!r}); "
-                         "for a local run use configs/electra_small.py:tiny")
+    if arg not in ("", "pod"):
+        raise ValueError(f"electra_base.py: argument {arg!r}; use nothing or pod "
+                         "(for a local run use configs/electra_small.py:tiny)")
     c = default_config()
     c.model = "electra-base-discriminator"
     c.objective = "rtd"
@@ -21,4 +28,7 @@ def get_config(arg: str = ""):
     c.optimizer.learning_rate = 2e-4
     c.optimizer.warmup_steps = 10_000
     c.checkpoint.save_every = 10_000
+    if arg == "pod":
+        pod_run(c, "electra-large-discriminator", global_batch_size=2048, num_microbatches=2)
+        c.objective_settings.generator = "electra-large-generator"
     return c
