@@ -68,7 +68,11 @@ def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None) -> 
     like a hub id, so that the caller reports the missing path), else the snapshot of that hub
     repository at `revision` (default: main), downloaded when online, from the HF cache when
     HF_HUB_OFFLINE=1. A hub id that cannot be found raises one FileNotFoundError naming it, the
-    cache directory and whether the Hub was asked."""
+    cache directory and whether the Hub was asked. A gs:// directory is copied down once per
+    process (flaxbert.storage.local_copy)."""
+    from flaxbert import storage
+    if storage.is_remote(name_or_path):
+        return storage.local_copy(os.fspath(name_or_path).rstrip("/"))
     path = Path(name_or_path)
     if path.exists() or not is_hub_id(name_or_path):
         return path

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flaxbert import storage
+
 log = logging.getLogger(__name__)
 # A temporary (or a replaced destination awaiting deletion) whose mtime is before this is not
 # this process's: every one it makes comes later.
@@ -57,6 +59,8 @@ def remove_stale_temporaries(destination: str | os.PathLike) -> list[Path]:
     awaiting deletion (``.old-``) is kept while the destination itself is missing, as it may
     then be the only copy.
     """
+    if storage.is_remote(destination):
+        return storage.remove_stale_remote_temporaries(destination)
     dst = Path(destination).absolute()
     pattern = re.compile(rf"\.{re.escape(dst.name)}\.(tmp|old)-([A-Za-z0-9._]+)-(\d+)"
                          r"-[0-9a-f]{8}")
@@ -133,7 +137,10 @@ def check_destination(destination: str | os.PathLike, overwrite: bool = False,
     """The absolute destination, once it is known that a writer may put it there: an existing
     one (other than an empty directory, for a directory) is refused unless overwrite, a file
     is never put over a directory, and one below a regular file is refused naming both.
-    Writers call this before long work, so that it is not wasted."""
+    Writers call this before long work, so that it is not wasted. A remote destination
+    (gs://) is checked on the bucket and returned as an epath.Path (flaxbert.storage)."""
+    if storage.is_remote(destination):
+        return storage.check_remote_destination(destination, overwrite, directory)
     dst = Path(destination).absolute()
     if not directory and dst.is_dir():
         raise _os_error(IsADirectoryError, errno.EISDIR, f"{dst} is a directory; give a file name")
@@ -167,6 +174,10 @@ def _name_destination(error: BaseException, tmp: Path, dst: Path) -> None:
 
 @contextlib.contextmanager
 def _atomic(destination, overwrite: bool, directory: bool):
+    if storage.is_remote(destination):  # built locally, uploaded, copied into place
+        with storage.remote_atomic(destination, overwrite, directory) as tmp:
+            yield tmp
+        return
     dst = check_destination(destination, overwrite, directory)
     remove_stale_temporaries(dst)
     tmp = _sibling(dst, "tmp")
@@ -227,8 +238,8 @@ def copy_files(files, directory: Path) -> None:
 
 def read_text(path: str | os.PathLike) -> str:
     """A UTF-8 text file's contents; a file that is missing, a directory or not UTF-8 raises one
-    clear error naming it."""
-    path = Path(path)
+    clear error naming it (local, or remote through flaxbert.storage)."""
+    path = storage.as_path(path) if storage.is_remote(path) else Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory, expected a file")
     try:

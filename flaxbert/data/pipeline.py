@@ -41,6 +41,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from flaxbert import storage
 from flaxbert.data.masking import MaskingConfig, MaskingTables, mask_batch
 from flaxbert.data.prepare import MANIFEST, SPLITS, check_int, read_manifest, serialize_example
 from flaxbert.tokenizer import Tokenizer
@@ -127,10 +128,11 @@ def _records(info, split, index, count, seed, shuffle):
     return _Records(tuple(files), tuple(counts), count, index, seed, index, shuffle)
 
 
-def _read(window):
-    """(path, first, step, key, skip) -> the shard's records, shuffled in windows of `window`."""
+def _read(window, reader=tf.data.TFRecordDataset):
+    """(path, first, step, key, skip) -> the shard's records, shuffled in windows of `window`.
+    `reader`: path -> records (flaxbert.storage.tfrecord_reader: gs:// under an emulator)."""
     def read(path, first, step, key, skip):
-        records = tf.data.TFRecordDataset(path).skip(first).shard(step, 0)
+        records = reader(path).skip(first).shard(step, 0)
         if not window:
             return records.skip(skip)
         done = skip // window  # whole windows are skipped unshuffled
@@ -144,7 +146,7 @@ def _read(window):
 def make_dataset(data_dirs, split="train", *, global_batch_size, masking: MaskingConfig | None,
                  seed=0, shuffle_buffer=10_000, repeat=True, process_index=None,
                  process_count=None, start_batch=0, drop_remainder=True,
-                 evaluation=False) -> tf.data.Dataset:
+                 evaluation=False, length_schedule=()) -> tf.data.Dataset:
     """A tf.data.Dataset of this host's batches (dicts of tensors; see the module docstring).
 
     data_dirs: one or more directories written by `flaxbert prepare` with the same tokenizer.
@@ -155,6 +157,9 @@ def make_dataset(data_dirs, split="train", *, global_batch_size, masking: Maskin
     evaluation: one pass in order, the last batches padded with zero-weight rows, the same
     number of batches on every host, an `example_weights` key (shuffle_buffer, repeat and
     drop_remainder do not apply). A finite dataset knows its length (`len(dataset)`).
+    length_schedule: ((first_batch, length), ...) from
+    `flaxbert.data.length_schedule.parse_length_schedule`: batches from first_batch on have rows
+    cut to length (keeping each row's last token); evaluation always reads the full length.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
@@ -175,7 +180,11 @@ def make_dataset(data_dirs, split="train", *, global_batch_size, masking: Maskin
     length = info["max_seq_length"]
     pad_id = info["tokenizer"]["special_ids"].get("pad", 0)
     has_label = info["mode"] in ("nsp", "sop")
-    finish = _finisher(info, masking, seed, index, length, pad_id, has_label)
+    schedule = () if evaluation else tuple((int(f), int(n)) for f, n in length_schedule)
+    if any(n > length or n < 2 for _, n in schedule):
+        raise ValueError(f"length_schedule {schedule} has a length outside [2, the data's "
+                         f"max_seq_length={length}]")
+    finish = _finisher(info, masking, seed, index, length, pad_id, has_label, schedule)
     size = global_batch_size // count
     stream = _records(info, split, index, count, seed, shuffle_buffer > 0)
     if repeat and not stream.per_epoch:
@@ -190,7 +199,7 @@ def make_dataset(data_dirs, split="train", *, global_batch_size, masking: Maskin
     segments = epochs.map(lambda epoch: tuple(
         tf.ensure_shape(t, s) for t, s in zip(tf.py_function(plan, [epoch], _SEGMENT_TYPES),
                                               _SEGMENT_SHAPES))).unbatch()
-    ds = segments.flat_map(_read(shuffle_buffer))
+    ds = segments.flat_map(_read(shuffle_buffer, storage.tfrecord_reader(stream.files)))
     if evaluation:  # every host pads up to the batches of the host with the most records
         batches = max(-(-_records(info, split, i, count, seed, False).per_epoch // size)
                       for i in range(count))
@@ -227,9 +236,10 @@ def _tables(tokenizer_dir, special_ids):
     return MaskingTables.from_tokenizer(Tokenizer.from_pretrained(tokenizer_dir), special_ids)
 
 
-def _finisher(info, masking, seed, process_index, length, pad_id, has_label):
+def _finisher(info, masking, seed, process_index, length, pad_id, has_label, schedule=()):
     """The per-batch function: parse, pad, and mask (index, serialized[, weights]) -> dict,
-    the masks keyed by the batch's index (the record's, when evaluation masks one at a time)."""
+    the masks keyed by the batch's index (the record's, when evaluation masks one at a time).
+    With a length `schedule`, the batch's index also picks the length its rows are cut to."""
     features = {"input_ids": tf.io.RaggedFeature(tf.int64),
                 "token_type_ids": tf.io.RaggedFeature(tf.int64)}
     if has_label:
@@ -242,6 +252,10 @@ def _finisher(info, masking, seed, process_index, length, pad_id, has_label):
         predictions = masking.predictions(length)
         if predictions > length:
             raise ValueError(f"max_predictions_per_seq={predictions} exceeds max_seq_length={length}")
+        for _, stage_length in schedule:
+            if masking.predictions(stage_length) > stage_length:
+                raise ValueError(f"max_predictions_per_seq={masking.predictions(stage_length)} "
+                                 f"exceeds the length_schedule's stage length {stage_length}")
 
     def finish(batch_index, serialized, weights=None):
         parsed = tf.io.parse_example(serialized, features)
@@ -251,13 +265,16 @@ def _finisher(info, masking, seed, process_index, length, pad_id, has_label):
             attention_mask=tf.sequence_mask(ids.row_lengths(), length, dtype=tf.int32),
             token_type_ids=tf.cast(parsed["token_type_ids"].to_tensor(0, shape=[None, length]),
                                    tf.int32))
+        batch_predictions = predictions if masking is not None else None
+        if schedule:
+            out, batch_predictions = _cut_to_stage(out, parsed, batch_index, schedule, masking)
         if has_label:
             out["pair_label"] = tf.cast(parsed["pair_label"], tf.int32)
         if masking is not None:
             key = tf.random.experimental.stateless_fold_in(
                 tf.constant([seed, process_index], tf.int64), batch_index)
             out.update(mask_batch(out["input_ids"], out["attention_mask"], key, masking, tables,
-                                  predictions))
+                                  batch_predictions))
         if weights is not None:
             out["example_weights"] = weights
             if masking is not None:
@@ -265,6 +282,30 @@ def _finisher(info, masking, seed, process_index, length, pad_id, has_label):
         return out
 
     return tf.autograph.experimental.do_not_convert(finish)
+
+
+def _cut_to_stage(out, parsed, batch_index, schedule, masking):
+    """The batch's rows cut to its stage's length, a row's last token kept as its last (the
+    closing separator), and the masked-LM predictions of that length."""
+    firsts = tf.constant([f for f, _ in schedule], tf.int64)
+    stage = tf.maximum(tf.reduce_sum(tf.cast(tf.cast(batch_index, tf.int64) >= firsts,
+                                             tf.int32)) - 1, 0)
+    cut = tf.gather(tf.constant([n for _, n in schedule], tf.int32), stage)
+    ids, types = parsed["input_ids"], parsed["token_type_ids"]
+    lengths = tf.cast(ids.row_lengths(), tf.int32)
+    last = tf.logical_and((lengths > cut)[:, None],
+                          (tf.range(tf.shape(out["input_ids"])[1]) == cut - 1)[None, :])
+    ends = ids.row_limits() - 1
+    out = dict(out)
+    for key, ragged in (("input_ids", ids), ("token_type_ids", types)):
+        closing = tf.cast(tf.gather(ragged.values, ends), tf.int32)[:, None]
+        out[key] = tf.where(last, closing, out[key])[:, :cut]
+    out["attention_mask"] = out["attention_mask"][:, :cut]
+    predictions = None
+    if masking is not None:
+        predictions = tf.gather(tf.constant([masking.predictions(n) for _, n in schedule],
+                                            tf.int32), stage)
+    return out, predictions
 
 
 def make_eval_dataset(data_dirs, *, global_batch_size, masking: MaskingConfig | None, seed=0,
@@ -291,13 +332,14 @@ class BatchIterator:
     def __init__(self, data_dirs, split="train", *, global_batch_size,
                  masking: MaskingConfig | None, seed=0, shuffle_buffer=10_000, repeat=True,
                  process_index=None, process_count=None, start_batch=0, drop_remainder=True,
-                 evaluation=False):
+                 evaluation=False, length_schedule=()):
         self._index, self._count = _hosts(process_index, process_count)
         self._dirs = ([os.fspath(data_dirs)] if isinstance(data_dirs, (str, os.PathLike))
                       else [os.fspath(d) for d in data_dirs])
         self._kwargs = dict(split=split, global_batch_size=global_batch_size, masking=masking,
                             seed=seed, shuffle_buffer=shuffle_buffer, repeat=repeat,
-                            drop_remainder=drop_remainder, evaluation=evaluation)
+                            drop_remainder=drop_remainder, evaluation=evaluation,
+                            length_schedule=tuple(tuple(s) for s in length_schedule))
         self._batch = start_batch
         self._dataset = make_dataset(self._dirs, **self._kwargs, process_index=self._index,
                                      process_count=self._count, start_batch=start_batch)
@@ -344,4 +386,5 @@ class BatchIterator:
                    masking=None if masking is None else MaskingConfig(**masking),
                    seed=state["seed"], shuffle_buffer=state["shuffle_buffer"], repeat=state["repeat"],
                    process_index=index, process_count=count, start_batch=state["next_batch"],
-                   drop_remainder=state["drop_remainder"], evaluation=state["evaluation"])
+                   drop_remainder=state["drop_remainder"], evaluation=state["evaluation"],
+                   length_schedule=state.get("length_schedule", ()))

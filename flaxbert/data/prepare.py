@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flaxbert import storage
 from flaxbert.io import atomic_directory, read_json
 from flaxbert.progress import Progress
 from flaxbert.tokenizer import Tokenizer
@@ -531,6 +532,12 @@ def _names(inputs):
     return [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(i) for i in inputs]
 
 
+def _join(directory: str, name: str) -> str:
+    """directory/name as a string, for a local directory or a gs:// one (which Path would mangle)."""
+    return str(storage.as_path(directory) / name) if storage.is_remote(directory) \
+        else str(Path(directory) / name)
+
+
 # ---- reading back -------------------------------------------------------------------------
 def read_manifest(data_dirs) -> dict:
     """The manifests of one or more prepared directories, checked to be usable together.
@@ -545,8 +552,8 @@ def read_manifest(data_dirs) -> dict:
     dirs = [os.fspath(d) for d in dirs]
     manifests = []
     for d in dirs:
-        path = Path(d) / MANIFEST
-        if not Path(d).is_dir():
+        path = storage.as_path(d) / MANIFEST  # local or gs:// (flaxbert.storage)
+        if not path.parent.is_dir():
             raise FileNotFoundError(f"data directory {d!r} does not exist")
         if not path.is_file():
             raise FileNotFoundError(f"{d!r} has no {MANIFEST}: not a directory written by "
@@ -568,8 +575,10 @@ def read_manifest(data_dirs) -> dict:
     return dict(
         data_dirs=dirs, manifests=manifests, mode=first["mode"],
         max_seq_length=max(m["max_seq_length"] for m in manifests), tokenizer=first["tokenizer"],
-        tokenizer_dir=str(Path(dirs[0]) / TOKENIZER_SUBDIR),
-        files={s: [str(Path(d) / n) for d, m in zip(dirs, manifests) for n in m["splits"][s]["shards"]]
+        # Tokenizers load from local files: a remote directory's is copied down once.
+        tokenizer_dir=str(storage.local_copy(_join(dirs[0], TOKENIZER_SUBDIR))
+                          if storage.is_remote(dirs[0]) else Path(dirs[0]) / TOKENIZER_SUBDIR),
+        files={s: [_join(d, n) for d, m in zip(dirs, manifests) for n in m["splits"][s]["shards"]]
                for s in SPLITS},
         sequences={s: sum(m["splits"][s]["sequences"] for m in manifests) for s in SPLITS})
 

@@ -9,13 +9,14 @@ deleted, truncated) fails to restore, and `restore_latest` falls back to the new
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from flaxbert import storage
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ class Checkpoints:
             raise ValueError(f"checkpoint.save_every={save_every} must be >= 1")
         if keep is not None and keep < 1:
             raise ValueError(f"checkpoint.keep={keep} must be >= 1 (or None to keep all)")
-        self.directory = Path(directory).absolute()
+        # An epath.Path for gs://: Orbax writes it through its own GCS support (flaxbert.storage).
+        self.directory = storage.as_path(directory)
         self.save_every = save_every
         self.last_saved = None  # an async save may still be in flight, not yet in all_steps()
         # The interval is decided here (Orbax's own policy would also save the first step).
@@ -84,7 +86,7 @@ class Checkpoints:
         aside.mkdir(exist_ok=True)
         for step in steps:
             target = aside / f"{step}-{int(time.time())}"
-            shutil.move(str(self.directory / str(step)), target)
+            storage.move(self.directory / str(step), target)
             log.warning("moved damaged checkpoint step %d to %s", step, target)
         self.manager.reload()
 

@@ -8,7 +8,9 @@
 
 The lock is an advisory `flock` on an open file: the kernel drops it when the process dies, even
 by kill -9, so a stale lock is simply taken over; the pid and host written into it are only for
-the message a second process prints.
+the message a second process prints. A gs:// workdir has no flock: its lock is an object with a
+heartbeat (`flaxbert.storage.RemoteLock`), taken over when its holder's pid is gone (same host)
+or its heartbeat is old (another host).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import shutil
 import socket
 from pathlib import Path
 
+from flaxbert import storage
 from flaxbert.io import atomic_directory, atomic_file, read_json
 from flaxbert.tokenizer import TOKENIZER_FILES
 
@@ -33,10 +36,15 @@ class WorkdirLock:
     """An exclusive lock on a workdir for the lifetime of a run (a context manager)."""
 
     def __init__(self, workdir: str | os.PathLike):
-        self.path = Path(workdir) / LOCK
+        self.path = storage.as_path(workdir) / LOCK
         self._fd: int | None = None
+        # No flock on cloud storage: an object with a heartbeat instead (storage.RemoteLock).
+        self._remote = storage.RemoteLock(self.path) if storage.is_remote(self.path) else None
 
     def acquire(self) -> WorkdirLock:
+        if self._remote is not None:
+            self._remote.acquire()
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -52,6 +60,8 @@ class WorkdirLock:
         return self
 
     def release(self) -> None:
+        if self._remote is not None:
+            self._remote.release()
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
             os.close(self._fd)  # closing drops the flock
@@ -67,7 +77,7 @@ class WorkdirLock:
 def trim_metrics(workdir: str | os.PathLike, last_step: int) -> int:
     """Drop metrics.jsonl rows past `last_step` (steps a resumed run replays after the checkpoint
     it resumes from), rewriting the file atomically. Returns how many rows were dropped."""
-    file = Path(workdir) / "metrics.jsonl"
+    file = storage.as_path(workdir) / "metrics.jsonl"
     if not file.exists():
         return 0
     lines = file.read_text(encoding="utf-8").splitlines()
@@ -91,7 +101,7 @@ def save_data_description(workdir: str | os.PathLike, description: dict,
     """Keep the data's description (shapes, tokenizer ids, labels) and a copy of its tokenizer
     in the workdir (the copy once; a resumed run reuses it), so export and restore need only
     the workdir."""
-    workdir = Path(workdir)
+    workdir = storage.as_path(workdir)
     tokenizer = workdir / TOKENIZER
     source = Path(tokenizer_dir or "")
     if not tokenizer.exists() and tokenizer_dir and source.is_dir():
@@ -107,12 +117,13 @@ def save_data_description(workdir: str | os.PathLike, description: dict,
 
 def load_data_description(workdir: str | os.PathLike) -> dict:
     """The manifest `save_data_description` kept, its tokenizer_dir pointing into the workdir."""
-    workdir = Path(workdir)
+    workdir = storage.as_path(workdir)
     file = workdir / MANIFEST
     if not file.is_file():
         raise FileNotFoundError(f"{workdir} has no {MANIFEST}; it was not written by "
                                 "`flaxbert pretrain` (or by a version before workdirs kept it)")
     manifest = read_json(file)
-    if (workdir / TOKENIZER).is_dir():
-        manifest["tokenizer_dir"] = str((workdir / TOKENIZER).absolute())
+    if (workdir / TOKENIZER).is_dir():  # tokenizers load from local files: a copy if remote
+        manifest["tokenizer_dir"] = str(storage.local_copy(str(workdir / TOKENIZER))
+                                        if storage.is_remote(workdir) else workdir / TOKENIZER)
     return manifest
