@@ -126,10 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_parsers(commands)
     from flaxbert.bench import add_bench_parser
     add_bench_parser(commands)
+    from flaxbert.training.compile import add_compile_parser
+    add_compile_parser(commands)
     from flaxbert.inference import add_embed_parser
     add_embed_parser(commands)
     from flaxbert.plot import add_plot_parser
     add_plot_parser(commands)
+    from flaxbert.vocab_extension import add_extend_vocab_parser
+    add_extend_vocab_parser(commands)
     return parser
 
 

@@ -28,6 +28,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,7 +39,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parent.parent
 SENTENCES = [
     "Return a new [MASK] with the same elements.",
     "Raise a [MASK] if the file does not exist.",
@@ -161,7 +161,7 @@ def random_init_like(export: Path, destination: Path, seed: int = 0) -> Path:
     model, _ = flaxbert.from_pretrained(export)
     tokenizer_files = [export / n for n in TOKENIZER_FILES if (export / n).is_file()]
     flaxbert.save_pretrained(destination, model, flaxbert.init_params(model, seed),
-                             overwrite=True, extra_files=tokenizer_files)
+                             extra_files=tokenizer_files)
     return destination
 
 
@@ -182,7 +182,7 @@ def compare_finetuning(pretrained: Path, train_file: Path, validation_file: Path
     "export", "metrics"}}: the last evaluation's metrics and the exported model."""
     starts = {"pretrained": Path(pretrained),
               "random init": random_init_like(Path(pretrained), work / "random_init")}
-    config = REPO / "configs" / ("demo_finetune.py" + (f":{config_arg}" if config_arg else ""))
+    config = "flaxbert:demo_finetune" + (f":{config_arg}" if config_arg else "")
     overrides = [f"--config.data.train={train_file}",
                  f"--config.data.validation={validation_file}"]
     if steps:
@@ -194,9 +194,9 @@ def compare_finetuning(pretrained: Path, train_file: Path, validation_file: Path
     for name, start in starts.items():
         workdir = work / ("finetune_" + name.replace(" ", "_"))
         print(f"   -- fine-tuning from {name}: {start}", flush=True)
-        subprocess.run([sys.executable, "-m", "flaxbert.cli", "finetune", "--config", str(config),
+        subprocess.run([sys.executable, "-m", "flaxbert.cli", "finetune", "--config", config,
                         "--workdir", str(workdir), f"--config.model={start}", *overrides],
-                       cwd=REPO, check=True)
+                       check=True)
         exports = sorted((workdir / "export").glob("step_*"), key=lambda p: int(p.name[5:]))
         results[name] = {"workdir": workdir, "export": exports[-1],
                          "metrics": last_evaluation(workdir)}
@@ -218,16 +218,38 @@ def show_predictions(export: Path, examples: list[dict], count: int = 6) -> list
     return answers
 
 
+CORPUS_FILE = "stdlib_docstrings.txt"  # what marks a directory as an earlier demo's workdir
+
+
+def prepare_workdir(workdir: str | None, *, overwrite: bool = False) -> Path:
+    """The demo's working directory: a new temporary one by default. A given directory must be
+    new or empty; an earlier demo's (it holds the corpus file) is replaced only with
+    `overwrite`, and anything else that is not empty is refused, `overwrite` or not: the demo
+    never deletes files it did not write."""
+    if not workdir:
+        return Path(tempfile.mkdtemp(prefix="flaxbert-demo-"))
+    work = Path(workdir)
+    if work.exists() and not work.is_dir():
+        raise ValueError(f"--workdir {work}: exists and is not a directory")
+    if work.is_dir() and any(work.iterdir()):
+        if not (work / CORPUS_FILE).is_file():
+            raise ValueError(f"--workdir {work}: not empty and not an earlier demo's workdir "
+                             f"(no {CORPUS_FILE}); give a new or empty directory")
+        if not overwrite:
+            raise ValueError(f"--workdir {work}: holds an earlier demo's run; pass --overwrite "
+                             "to replace it")
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
 def _demo_config():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("demo_config", REPO / "configs" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    from flaxbert.training.cli import _load_config
+    return _load_config("flaxbert:demo")[1]
 
 
 def _flaxbert(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flaxbert.cli", *args], cwd=REPO, check=check)
+    return subprocess.run([sys.executable, "-m", "flaxbert.cli", *args], check=check)
 
 
 def _wait_for_step(metrics: Path, step: int, process: subprocess.Popen) -> None:
@@ -246,13 +268,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override the config's steps")
     parser.add_argument("--finetune-steps", type=int, default=None,
                         help="override configs/demo_finetune.py's steps")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier demo's --workdir instead of refusing it")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="flaxbert-demo-"))
-    work.mkdir(parents=True, exist_ok=True)
+    try:
+        work = prepare_workdir(args.workdir, overwrite=args.overwrite)
+    except ValueError as e:
+        print(f"flaxbert demo: {e}", file=sys.stderr)
+        return 2
     # A cache of the demo's own, so that its time is a first run's: the resumed pre-training and
     # the second fine-tune (which differs only in its weights) still reuse compiled steps.
     from flaxbert.compile_cache import enable_compilation_cache
+    from flaxbert.quiet import skip_absent_tpu
+    skip_absent_tpu()  # before JAX: no libtpu probe (and its stderr lines) without a TPU
     enable_compilation_cache(work / "jax_cache")  # JAX is not imported yet: every run inherits it
 
     print(f"== 1. corpus: Python {sys.version.split()[0]} standard-library docstrings and "
@@ -260,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     documents = stdlib_documents()
     modules, task_train, task_validation = module_task(documents)
     docs = corpus_without(documents, task_validation)
-    corpus = work / "stdlib_docstrings.txt"
+    corpus = work / CORPUS_FILE
     corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
     words = sum(len(d.split()) for d in docs)
     print(f"   {len(docs):,} documents, {words:,} words -> {corpus} ({len(documents) - len(docs)}"
@@ -290,9 +319,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"--config.checkpoint.save_every={max(1, args.steps // 4)}",
                       f"--config.train.log_every={max(1, args.steps // 8)}",
                       f"--config.train.eval_every={args.steps}"]
-    command = [sys.executable, "-m", "flaxbert.cli", "pretrain", "--config",
-               str(REPO / "configs" / "demo.py"), "--workdir", str(run), *overrides]
-    first = subprocess.Popen(command, cwd=REPO)
+    command = [sys.executable, "-m", "flaxbert.cli", "pretrain", "--config", "flaxbert:demo",
+               "--workdir", str(run), *overrides]
+    first = subprocess.Popen(command)
     stop_at = (args.steps or _demo_config().train.num_steps) // 2
     _wait_for_step(run / "metrics.jsonl", stop_at, first)
     if first.poll() is None:
@@ -302,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         print("pre-training failed", file=sys.stderr)
         return 1
     print("   -- rerunning the same command: it resumes from the checkpoint --")
-    if subprocess.run(command, cwd=REPO).returncode != 0:
+    if subprocess.run(command).returncode != 0:
         print("pre-training failed on resume", file=sys.stderr)
         return 1
 
@@ -352,8 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     show_predictions(results["pretrained"]["export"], task_validation)
     from flaxbert.plot import plot_runs
     png = work / "demo_runs.png"
-    plot_runs([r["workdir"] for r in results.values()], png, labels=list(results),
-              overwrite=True)
+    plot_runs([r["workdir"] for r in results.values()], png, labels=list(results))
 
     seconds = time.perf_counter() - start
     print(f"== validation accuracy on {len(task_validation)} held-out docstrings "

@@ -55,11 +55,32 @@ def quiet_startup(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.NOTSET)
         return
     os.environ.setdefault(TF_LEVEL_ENV, QUIET_TF_LEVEL)
+    skip_absent_tpu()
     for name, level in CHATTY_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
     if "tensorflow" not in sys.modules and not any(
             isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+def skip_absent_tpu() -> bool:
+    """Where libtpu is installed (the `tpu` extra, e.g. for `flaxbert compile`) on a machine
+    with no TPU and no CUDA plugin, JAX would probe libtpu at start-up and print its failure
+    (several lines on stderr); run on the CPU instead, as JAX would end up doing. Leaves an
+    explicit JAX_PLATFORMS alone; compiling for a TPU topology still works under "cpu".
+    True if it set JAX_PLATFORMS."""
+    import glob
+    import importlib.util
+    if "JAX_PLATFORMS" in os.environ or "jax" in sys.modules:
+        return False
+    if importlib.util.find_spec("libtpu") is None:
+        return False
+    if glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"):  # TPU VM chips
+        return False
+    if any(importlib.util.find_spec(f"jax_cuda{v}_plugin") for v in (12, 13)):
+        return False
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    return True
 
 
 def drop_cpp_records(text: str, min_level: int) -> str:
@@ -88,9 +109,9 @@ def _tf_min_level() -> int:
 
 
 @contextlib.contextmanager
-def _filtered_stderr(min_level: int):
+def captured_stderr(handle):
     """Send file descriptor 2 (C++ code writes there directly) to a temporary file for the
-    block; then write it back to stderr without records below `min_level`."""
+    block; then give what was written there to `handle(text)`."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
@@ -102,10 +123,17 @@ def _filtered_stderr(min_level: int):
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            rest = drop_cpp_records(captured.read().decode("utf-8", "replace"), min_level)
-            if rest:
-                sys.stderr.write(rest)
-                sys.stderr.flush()
+            handle(captured.read().decode("utf-8", "replace"))
+
+
+def _filtered_stderr(min_level: int):
+    """`captured_stderr` writing the text back to stderr without records below `min_level`."""
+    def write_back(text):
+        rest = drop_cpp_records(text, min_level)
+        if rest:
+            sys.stderr.write(rest)
+            sys.stderr.flush()
+    return captured_stderr(write_back)
 
 
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):

@@ -4,6 +4,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+# The suite runs on the CPU. With the tpu extra installed, jax would otherwise probe libtpu in
+# every process: on a host without TPU chips that writes libtpu's complaints to stderr (which
+# the CLI tests read) and holds /tmp/libtpu_lockfile. Compiling for a TPU topology
+# (tests/test_compile.py) loads libtpu by itself and needs no TPU backend.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from pathlib import Path  # noqa: E402
 

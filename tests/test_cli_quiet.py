@@ -180,3 +180,25 @@ def test_cpp_records_below_the_level_are_dropped():
             "E0000 00:00:1796306493.3   15442 dso_loader.cc:2] a real error\n")
     assert drop_cpp_records(startup + kept, 2) == kept
     assert drop_cpp_records(startup + kept, 0) == startup + kept
+
+
+def test_an_installed_libtpu_without_a_tpu_is_not_probed():
+    """The `tpu` extra (flaxbert compile) installs libtpu; on a machine without TPU chips JAX
+    would probe it at start-up and print its failure. quiet_startup runs on the CPU instead,
+    and leaves an explicit JAX_PLATFORMS alone."""
+    import importlib.util
+    import subprocess
+    import sys
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("libtpu is not installed (the tpu extra)")
+    probe = ("import os; from flaxbert.quiet import quiet_startup; quiet_startup(False); "
+             "import jax; print(os.environ.get('JAX_PLATFORMS'), jax.devices()[0].platform)")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["cpu", "cpu"] and run.stderr == ""
+    explicit = ("import os; os.environ['JAX_PLATFORMS'] = 'cpu,tpu'; "
+                "from flaxbert.quiet import skip_absent_tpu; "
+                "print(skip_absent_tpu(), os.environ['JAX_PLATFORMS'])")
+    run = subprocess.run([sys.executable, "-c", explicit], env=env, capture_output=True, text=True)
+    assert run.stdout.split() == ["False", "cpu,tpu"], run.stderr

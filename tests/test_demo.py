@@ -100,3 +100,25 @@ def test_predictions_and_plot_of_both_runs(comparison, task, tmp_path, capsys):
     assert titles[-1] == "throughput (sequences/s)"
     for ax in fig.axes:
         assert [line.get_label() for line in ax.get_lines()] == ["pretrained", "random init"]
+
+
+def test_workdir_is_new_or_an_earlier_demo_replaced_only_with_overwrite(tmp_path):
+    from flaxbert.demo import CORPUS_FILE, main, prepare_workdir
+    fresh = prepare_workdir(str(tmp_path / "new"))
+    assert fresh.is_dir() and not any(fresh.iterdir())
+    assert prepare_workdir(str(fresh)) == fresh  # empty: fine
+    (fresh / CORPUS_FILE).write_text("an earlier run\n")
+    with pytest.raises(ValueError, match="pass --overwrite"):
+        prepare_workdir(str(fresh))
+    assert (fresh / CORPUS_FILE).is_file()  # refused: nothing touched
+    assert not any(prepare_workdir(str(fresh), overwrite=True).iterdir())
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("not the demo's\n")
+    with pytest.raises(ValueError, match="not an earlier demo's workdir"):
+        prepare_workdir(str(theirs), overwrite=True)
+    assert (theirs / "notes.txt").read_text() == "not the demo's\n"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        prepare_workdir(str(tmp_path / "file"))
+    assert main(["--workdir", str(theirs)]) == 2  # the CLI: one line, exit 2, nothing run

@@ -147,6 +147,21 @@ def _parse_pretrain_flags(argv: list[str]):
     multihost = flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() first "
                                   "(every host of a TPU pod slice runs the same command)",
                                   flag_values=fv)
+    # Off a TPU slice (flaxbert.training.multihost): where process 0 serves, how many
+    # processes, which one this is; each falls back to its JAX_* environment variable.
+    distributed = dict(
+        coordinator_address=flags.DEFINE_string(
+            "coordinator_address", None, "--multihost: HOST:PORT of process 0 (default "
+            "$JAX_COORDINATOR_ADDRESS; a TPU slice finds it)", flag_values=fv),
+        num_processes=flags.DEFINE_integer(
+            "num_processes", None, "--multihost: processes in the run (default "
+            "$JAX_NUM_PROCESSES)", flag_values=fv),
+        process_id=flags.DEFINE_integer(
+            "process_id", None, "--multihost: this process, 0 .. num_processes-1 (default "
+            "$JAX_PROCESS_ID)", flag_values=fv),
+        heartbeat_timeout=flags.DEFINE_integer(
+            "heartbeat_timeout", 100, "--multihost: seconds without a heartbeat after which "
+            "a silent process counts as dead and the others stop", flag_values=fv))
     try:
         rest = fv(rest_argv)
     except flags.Error as e:
@@ -155,7 +170,12 @@ def _parse_pretrain_flags(argv: list[str]):
         raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
     if not workdir.value:
         raise ValueError("--workdir is required")
-    return path, holder.value, workdir.value, multihost.value
+    settings = {k: v.value for k, v in distributed.items()}
+    if not multihost.value and any(v is not None for k, v in settings.items()
+                                   if k != "heartbeat_timeout"):
+        raise ValueError("--coordinator_address / --num_processes / --process_id need "
+                         "--multihost")
+    return path, holder.value, workdir.value, settings if multihost.value else None
 
 
 def config_help(command: str, argv: list[str]) -> str:
@@ -206,9 +226,9 @@ def _pretrain(args) -> None:
         other = "pretrain" if args.command == "finetune" else "finetune"
         raise ValueError(f"{source} is a {other} config (it {'lacks' if other == 'pretrain' else 'has'}"
                          f" a task block); run it with `flaxbert {other}`")
-    if multihost:
-        import jax
-        jax.distributed.initialize()
+    if multihost is not None:  # before anything touches a device
+        from flaxbert.training.multihost import initialize
+        initialize(**multihost)
     trainer = Trainer(config, workdir)
     try:
         last = trainer.run()

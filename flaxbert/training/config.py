@@ -32,10 +32,23 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.seed = 0
     c.data.shuffle_buffer = 10_000
     c.data.masking = True  # False for objectives that mask in the model (XLNet's PLM)
+    # The mask rate: BERT's 15% (Devlin et al., 2019); MosaicBERT (Portes et al., 2023) and
+    # "Should You Mask 15%?" (Wettig et al., 2023) use 30%, with max_predictions_per_seq to match.
     c.data.mlm_probability = 0.15
+    # Predictions per row; 0 sizes them to the rate, round(mlm_probability * length).
     c.data.max_predictions_per_seq = 20
+    # What a chosen token becomes: BERT's 80% [MASK] / 10% random / 10% kept; MosaicBERT and
+    # "Cramming" (Geiping & Goldstein, 2023) use mask-only (1.0 / 0.0).
+    c.data.mask_token_fraction = 0.8
+    c.data.random_token_fraction = 0.1
     c.data.whole_word = False
     c.data.max_ngram = 1
+    # Sequence-length warm-up: "LEN:FRACTION,..." of train.num_steps, shortest first, rows cut
+    # to LEN (keeping their closing token) until the next stage; "" trains at the data's length.
+    # BERT's own recipe ran 90% of steps at 128 then 10% at 512 (Devlin et al., 2019; "128:0.9,
+    # 512:0.1" here); Li et al. (2022, "The Stability-Efficiency Dilemma") warm up in more stages.
+    # Each length compiles the train step once more.
+    c.data.seq_length_schedule = ""
 
     # name, learning_rate, warmup_steps, decay, end_learning_rate, power, b1, b2, eps,
     # weight_decay, clip_norm (0: no clipping); see flaxbert.training.optim.
@@ -63,6 +76,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.mesh.tensor = 1
     # Logical-axis -> mesh-axis rules; empty means flaxbert.layers.sharding.LOGICAL_AXIS_RULES.
     c.mesh.rules = ()
+    # A dimension its rule's mesh axes do not divide: "replicate" it (over the axes that do not
+    # divide), or "error" (the Trainer names the parameter before compiling).
+    c.mesh.indivisible = "replicate"
 
     c.export = ml_collections.ConfigDict()
     c.export.at_end = True  # write <workdir>/export/<...> transformers directories when done
@@ -77,6 +93,22 @@ def tiny_run(c: ml_collections.ConfigDict, model: str, *, learning_rate: float =
     c.train.num_steps, c.train.global_batch_size, c.train.num_microbatches = 300, 32, 1
     c.optimizer.learning_rate, c.optimizer.warmup_steps = learning_rate, 30
     c.checkpoint.save_every = 100
+    return c
+
+
+def pod_run(c: ml_collections.ConfigDict, model: str, *, global_batch_size: int,
+            num_microbatches: int, remat_policy: str = "dots") -> ml_collections.ConfigDict:
+    """A recipe's `:pod` switch: the recipe on a large registered model at 512 tokens, for a TPU
+    slice of 256 chips or more (v5e-256, v5p-512): bf16 compute over fp32 params, the layers
+    under `nn.scan` (24 unrolled layers compile far slower), `remat_policy`, gradient
+    accumulation over `num_microbatches`, and FSDP over every chip. `flaxbert compile` measured
+    them: tpu_scripts/README.md."""
+    c.model = model
+    c.model_overrides.dtype = "bfloat16"
+    c.model_overrides.scan_layers = True
+    c.model_overrides.remat_policy = remat_policy
+    c.train.global_batch_size, c.train.num_microbatches = global_batch_size, num_microbatches
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
     return c
 
 
@@ -156,8 +188,19 @@ def check_config(c: ml_collections.ConfigDict, source: str | None = None) -> Non
         need(c.train.early_stopping_patience >= 0, "train.early_stopping_patience="
              f"{c.train.early_stopping_patience} must be >= 0")
     need(0 < d.mlm_probability < 1, f"data.mlm_probability={d.mlm_probability} must be in (0, 1)")
-    need(d.max_predictions_per_seq >= 1,
-         f"data.max_predictions_per_seq={d.max_predictions_per_seq} must be >= 1")
+    need(d.max_predictions_per_seq >= 0,
+         f"data.max_predictions_per_seq={d.max_predictions_per_seq} must be >= 1, or 0 to size "
+         "it to the mask rate")
+    for name in ("mask_token_fraction", "random_token_fraction"):
+        need(0 <= d[name] <= 1, f"data.{name}={d[name]} must be in [0, 1]")
+    need(d.mask_token_fraction + d.random_token_fraction <= 1 + 1e-9,
+         f"data.mask_token_fraction + data.random_token_fraction = {d.mask_token_fraction} + "
+         f"{d.random_token_fraction} must be <= 1 (the rest stay unchanged)")
+    from flaxbert.data.length_schedule import parse_length_schedule
+    try:
+        parse_length_schedule(d.seq_length_schedule, t.num_steps)
+    except ValueError as e:
+        need(False, str(e))
     need(d.max_ngram >= 1, f"data.max_ngram={d.max_ngram} must be >= 1")
     need(d.seed >= 0, f"data.seed={d.seed} must be >= 0")
     need(d.shuffle_buffer >= 0, f"data.shuffle_buffer={d.shuffle_buffer} must be >= 0")
@@ -168,6 +211,8 @@ def check_config(c: ml_collections.ConfigDict, source: str | None = None) -> Non
     for axis in ("data", "fsdp", "tensor"):
         size = c.mesh[axis]
         need(size == -1 or size >= 1, f"mesh.{axis}={size} must be >= 1 or -1")
+    need(c.mesh.get("indivisible", "replicate") in ("replicate", "error"),
+         f"mesh.indivisible={c.mesh.get('indivisible')!r}; choose 'replicate' or 'error'")
     try:
         optim.check_optimizer(o, t.num_steps)
         if task and Path(c.model).is_dir():

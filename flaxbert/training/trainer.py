@@ -31,8 +31,10 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from flaxbert import storage
 from flaxbert.io import atomic_directory, atomic_file, copy_files, read_json
-from flaxbert.layers.sharding import LOGICAL_AXIS_RULES, logical_shardings, make_mesh
+from flaxbert.layers.sharding import (LOGICAL_AXIS_RULES, check_layout, logical_shardings,
+                                     make_mesh, vocab_pad_multiple)
 from flaxbert.training.checkpoint import Checkpoints
 from flaxbert.training.config import check_config
 from flaxbert.tokenizer import TOKENIZER_FILES
@@ -72,8 +74,10 @@ class Trainer:
         from flaxbert.training.objectives import OBJECTIVES, get_objective
 
         check_config(config)
+        self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
+        config = with_vocab_padding(config, self.mesh)
         self.config = config
-        self.workdir = Path(workdir).absolute()
+        self.workdir = storage.as_path(workdir)  # local, or gs:// (never a local "gs:" folder)
         self.data = data_source(config, manifest, description)
         self.seq_len = self.data.seq_len
         self.model_config = self.data.model_config()
@@ -81,7 +85,6 @@ class Trainer:
         self.objective = get_objective(config.objective, self.model_config, settings)
         self.data.check(self.objective)
 
-        self.mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
         self.rules = tuple(tuple(r) for r in config.mesh.rules) or LOGICAL_AXIS_RULES
         batch_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         micro = config.train.global_batch_size // config.train.num_microbatches
@@ -98,6 +101,12 @@ class Trainer:
         trains = trainable_leaves(config.optimizer, nn.meta.unbox(self._abstract_boxed).params,
                                   self.model_config)
         self.trainable = None if trains is None else tuple(jax.tree_util.tree_leaves(trains))
+        # Before anything compiles: a parameter the rules cannot place is named here (the
+        # optimizer's moments follow their parameters, so the params alone are reported).
+        _, fallbacks = check_layout({"params": self._abstract_boxed.params}, self.mesh,
+                                    self.rules, config.mesh.get("indivisible", "replicate"))
+        for note in fallbacks:
+            log.info("sharding: %s", note)
         self.state_shardings = logical_shardings(self._abstract_boxed, self.mesh, self.rules)
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp")))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -125,6 +134,8 @@ class Trainer:
     def init_state(self) -> TrainState:
         rng = jax.random.PRNGKey(self.config.train.seed)
         initial = getattr(self.data, "initial_params", None)  # a fine-tuned checkpoint's
+        if initial is None and not self.config.get("init_from"):  # DistilBERT's from its teacher
+            initial = self.objective.initial_params(self.abstract_state().params, self.frozen)
         if initial is None and not self.config.get("init_from"):
             with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
                 boxed = jax.jit(self._init_boxed, out_shardings=self.state_shardings)(
@@ -142,16 +153,21 @@ class Trainer:
                           rng=jax.device_put(rng, shardings.rng))
 
     def _params_from(self, path: str, like) -> Any:
-        import flaxbert
-        _, params = flaxbert.from_pretrained(path, task=self.objective.task_name())
-        return self._checked_params(params, like, f"init_from={path}")
+        # The objective loads: ELECTRA's pair reads two directories.
+        return self._checked_params(self.objective.params_from(path, like), like,
+                                    f"init_from={path}")
 
     def _checked_params(self, params, like, source: str) -> Any:
+        # A saved model lacks what an objective trains beside it (TinyBERT's projections).
+        complete = getattr(self.objective, "complete_params", None)
+        params = params if complete is None else complete(params)
         if (jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(like)
                 or any(a.shape != b.shape for a, b in zip(jax.tree_util.tree_leaves(params),
                                                           jax.tree_util.tree_leaves(like)))):
+            from flaxbert.training.embedding_sharing import parameter_mismatch
             raise ValueError(f"{source}: its parameters do not match {self.config.model} "
-                             f"with objective {self.config.objective!r}")
+                             f"with objective {self.config.objective!r} "
+                             f"({parameter_mismatch(params, like)})")
         return jax.device_put(params, self.state_shardings.params)
 
     def abstract_state(self) -> TrainState:
@@ -161,11 +177,33 @@ class Trainer:
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             unboxed, self.state_shardings)
 
+    def abstract_batch(self) -> dict:
+        """Shapes, dtypes and the sharding of one global training batch."""
+        rows = self.config.train.global_batch_size
+        return {k: jax.ShapeDtypeStruct((rows, *v.shape[1:]), v.dtype, sharding=self.batch_sharding)
+                for k, v in self.example_batch().items()}
+
+    def lower_train_step(self) -> jax.stages.Lowered:
+        """The real jitted train step lowered on `abstract_state()` and `abstract_batch()`:
+        no weight or batch is materialised, so a Trainer built on topology devices
+        (`jax.experimental.topologies`) with a `manifest` compiles a pod's step ahead of time
+        on a CPU machine (`flaxbert compile`). `.compile()` the result for its
+        memory_analysis() and cost_analysis()."""
+        if self.frozen is None and self.objective.frozen_abstract() is not None:
+            raise ValueError(f"objective {self.config.objective!r} needs its frozen network: "
+                             "build the Trainer with load_frozen=True to lower its step")
+        frozen = None if self.frozen is None else jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.frozen)
+        state, batch = self.abstract_state(), self.abstract_batch()  # unboxed outside the mesh
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            return self._train_step.lower(state, batch, frozen)
+
     def _load_frozen(self):
         abstract = self.objective.frozen_abstract()
         if abstract is None:
             return None, None
-        shardings = logical_shardings(abstract, self.mesh, self.rules)
+        shardings = logical_shardings(abstract, self.mesh, self.rules,
+                                      self.config.mesh.get("indivisible", "replicate"))
         return jax.device_put(self.objective.load_frozen(), shardings), shardings
 
     # ----------------------------------------------------------------------------- steps
@@ -338,8 +376,11 @@ class Trainer:
         self.progress = dict(data_state.get("progress") or {})
 
         stop = {"signal": None}
+        # Several processes must stop at the same step: there the preemption notifier that
+        # jax.distributed.initialize sets up catches SIGTERM and Orbax's reached_preemption
+        # below answers on every process at once; a handler of ours would replace it.
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum)) \
-            if _main_thread() else None
+            if _main_thread() and jax.process_count() == 1 else None
         writer = MetricWriter(self.workdir, enabled=jax.process_index() == 0,
                               progress_total=cfg.train.num_steps, progress_start=start,
                               progress_bar=cfg.train.progress_bar)
@@ -348,6 +389,14 @@ class Trainer:
         # A run that stopped early is finished: rerunning it trains no further.
         end = start if self.progress.get("stopped_early_at") else cfg.train.num_steps
         try:
+            if jax.process_count() > 1 and start < end:
+                # gloo (CPU collectives) gives a peer 30 s to join the first collective, and
+                # compile times differ by more: compile first (the step reuses it), then start
+                # together.
+                from jax.experimental import multihost_utils
+                writer.note("compiling the train step ...")
+                self.lower_train_step().compile()
+                multihost_utils.sync_global_devices("flaxbert: train step compiled")
             for step in range(start, end):
                 if step == start:  # said before the wait, which is minutes for a large model
                     writer.note("compiling the train step (the first step) ...")
@@ -401,9 +450,10 @@ class Trainer:
                     self._track_best(done, evaluation, state.params)
             ckpt.save(done, state, self._data_state(batches), force=True)  # no-op if just saved
             ckpt.wait()
-            if cfg.export.at_end and jax.process_index() == 0:
-                self.export(state.params, self.workdir / "export" / f"step_{done}",
-                            overwrite=True)  # a rerun of a finished run writes the same
+            if cfg.export.at_end:
+                params = host_copy(state.params)  # every process takes part in the gather
+                if jax.process_index() == 0:  # a rerun of a finished run writes the same
+                    self.export(params, self.workdir / "export" / f"step_{done}", overwrite=True)
         finally:
             ckpt.close()
             writer.close()
@@ -428,6 +478,7 @@ class Trainer:
         lower = self.config.train.get("best_mode", "max") == "min"
         if best is None or (value < best if lower else value > best):
             self.progress.update(best_value=value, best_step=step, evals_since_best=0)
+            params = host_copy(params)  # every process takes part in the gather
             if jax.process_index() == 0:
                 self.export(params, self.workdir / "export" / "best", overwrite=True)
             log.info("new best %s=%.4g at step %d", name, value, step)
@@ -469,7 +520,35 @@ class Trainer:
                     continue
                 flaxbert.save_pretrained(out, module, part, format="hf", overwrite=True,
                                          extra_files=extra)
-        return [Path(directory) / sub if sub else Path(directory) for sub, _, _ in parts]
+        directory = storage.as_path(directory)
+        return [directory / sub if sub else directory for sub, _, _ in parts]
+
+
+def with_vocab_padding(config: ml_collections.ConfigDict, mesh) -> ml_collections.ConfigDict:
+    """`config` with model_overrides.vocab_pad_multiple set for a tensor-parallel `mesh` (a copy;
+    unchanged when the mesh has no tensor axis or the run sets the field itself). The workdir's
+    config.json keeps the value, so an export or a resume restores the same shapes."""
+    multiple = vocab_pad_multiple(mesh)
+    overrides = config.get("model_overrides")
+    if not multiple or overrides is None or "vocab_pad_multiple" in overrides:
+        return config
+    config = config.copy_and_resolve_references()
+    with config.unlocked(), config.model_overrides.unlocked():
+        config.model_overrides.vocab_pad_multiple = multiple
+    return config
+
+
+def host_copy(tree):
+    """`tree`'s arrays as numpy arrays on this host. An array sharded over other processes'
+    devices (FSDP across hosts) is gathered from them first: a collective, so every process
+    must call this, not only the one that writes."""
+    from jax.experimental import multihost_utils
+
+    def fetch(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            return multihost_utils.process_allgather(x, tiled=True)
+        return jax.device_get(x)
+    return jax.tree_util.tree_map(fetch, tree)
 
 
 def _main_thread() -> bool:
@@ -480,7 +559,7 @@ def _main_thread() -> bool:
 def restore_params(workdir: str | Path, step: int | None = None):
     """(trainer, step, params) of a finished or running workdir, for export. Needs only the
     workdir: the data's shapes and tokenizer come from the copies the run keeps there."""
-    workdir = Path(workdir).absolute()
+    workdir = storage.as_path(workdir)
     config_file = workdir / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{workdir} has no config.json; is it a `flaxbert pretrain` "
