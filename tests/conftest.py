@@ -128,3 +128,19 @@ def tiny_bert_checkpoint(root, lines, *, vocab_size=120, max_positions=64, vocab
     for f in (root / "tok").iterdir():
         shutil.copy(f, root / "model" / f.name)
     return root / "model"
+
+
+def pretrain_rows(config_spec: str, data, workdir, *, steps: int = 30, batch: int = 8) -> dict:
+    """`flaxbert pretrain --config config_spec` on prepared `data` for `steps` steps through the
+    real CLI, every step logged, no evaluation; {step: that step's metrics.jsonl row}."""
+    import json as _json
+    from flaxbert.cli import main
+    rc = main(["pretrain", "--config", config_spec, "--workdir", str(workdir),
+               f"--config.data.train={data}", f"--config.train.num_steps={steps}",
+               f"--config.train.global_batch_size={batch}", "--config.train.log_every=1",
+               f"--config.optimizer.warmup_steps={max(1, steps // 10)}",
+               "--config.checkpoint.save_every=100", "--config.train.progress_bar=False",
+               "--config.train.eval_batches=0", "--config.checkpoint.async_save=False"])
+    assert rc == 0
+    rows = [_json.loads(ln) for ln in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows if "loss" in r}

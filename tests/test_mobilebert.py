@@ -12,7 +12,7 @@ import torch
 import transformers
 
 import flaxbert
-from conftest import TINY_HF, token_batch
+from conftest import TINY_HF, pretrain_rows, token_batch
 from flaxbert.convert.hf import abstract_params
 from test_parity import TOL, assert_round_trip, max_err, torch_outputs
 from test_tinybert import prepared  # noqa: F401 (fixture: tiny pre-training data)
@@ -163,19 +163,10 @@ def test_every_recipe_argument_builds():
 
 @pytest.mark.slow  # 130 s here under load (compiling the student, the teacher and the step)
 def test_cli_knowledge_transfer_of_the_tiny_recipe_trains(prepared, tmp_path):
-    from flaxbert.cli import main
-    workdir = tmp_path / "run"
-    rc = main(["pretrain", "--config", f"{REPO / 'configs' / 'mobilebert_distill.py'}:tiny",
-               "--workdir", str(workdir), f"--config.data.train={prepared}",
-               "--config.train.num_steps=30", "--config.train.global_batch_size=8",
-               "--config.train.log_every=1", "--config.optimizer.warmup_steps=3",
-               "--config.checkpoint.save_every=100", "--config.train.progress_bar=False",
-               "--config.train.eval_batches=0", "--config.checkpoint.async_save=False"])
-    assert rc == 0
-    rows = [json.loads(ln) for ln in (workdir / "metrics.jsonl").read_text().splitlines()]
-    losses = {r["step"]: r for r in rows if "loss" in r}
-    first = np.mean([losses[s]["loss"] for s in range(1, 4)])
-    last = np.mean([losses[s]["loss"] for s in range(28, 31)])
+    rows = pretrain_rows(f"{REPO / 'configs' / 'mobilebert_distill.py'}:tiny", prepared,
+                             tmp_path / "run")
+    first = np.mean([rows[s]["loss"] for s in range(1, 4)])
+    last = np.mean([rows[s]["loss"] for s in range(28, 31)])
     print(f"mobilebert_distill.py:tiny loss, steps 1-3 {first:.4f}, steps 28-30 {last:.4f}")
     assert last < 0.8 * first, (first, last)
     assert {"hidden_loss", "attention_loss"} <= set(losses[30])

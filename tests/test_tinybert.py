@@ -13,6 +13,7 @@ import pytest
 import flaxbert
 from flaxbert.training.objectives import get_objective
 from flaxbert.training.tinybert import PROJECTION, layer_map, uniform_layer_map
+from conftest import pretrain_rows
 
 REPO = Path(__file__).resolve().parent.parent
 VOCAB = 99
@@ -220,22 +221,13 @@ def prepared(tmp_path_factory):
 
 
 def test_cli_general_stage_of_the_tiny_recipe_trains(prepared, tmp_path):
-    from flaxbert.cli import main
-    workdir = tmp_path / "run"
-    rc = main(["pretrain", "--config", f"{REPO / 'configs' / 'tinybert.py'}:tiny",
-               "--workdir", str(workdir), f"--config.data.train={prepared}",
-               "--config.train.num_steps=30", "--config.train.global_batch_size=8",
-               "--config.train.log_every=1", "--config.optimizer.warmup_steps=3",
-               "--config.checkpoint.save_every=100", "--config.train.progress_bar=False",
-               "--config.train.eval_batches=0", "--config.checkpoint.async_save=False"])
-    assert rc == 0
-    rows = [json.loads(ln) for ln in (workdir / "metrics.jsonl").read_text().splitlines()]
-    losses = {r["step"]: r for r in rows if "loss" in r}
-    first = np.mean([losses[s]["loss"] for s in range(1, 4)])
-    last = np.mean([losses[s]["loss"] for s in range(28, 31)])
+    rows = pretrain_rows(f"{REPO / 'configs' / 'tinybert.py'}:tiny", prepared,
+                             tmp_path / "run")
+    first = np.mean([rows[s]["loss"] for s in range(1, 4)])
+    last = np.mean([rows[s]["loss"] for s in range(28, 31)])
     assert last < 0.8 * first, (first, last)
-    assert {"embedding_loss", "hidden_loss", "attention_loss"} <= set(losses[30])
-    export = workdir / "export" / "step_30"
+    assert {"embedding_loss", "hidden_loss", "attention_loss"} <= set(rows[30])
+    export = tmp_path / "run" / "export" / "step_30"
     model, params = flaxbert.from_pretrained(export, "masked-lm")
     assert PROJECTION not in params and model.config.num_hidden_layers == 2
 
