@@ -163,13 +163,13 @@ def test_every_recipe_argument_builds():
 
 @pytest.mark.slow  # 130 s here under load (compiling the student, the teacher and the step)
 def test_cli_knowledge_transfer_of_the_tiny_recipe_trains(prepared, tmp_path):
-    rows = pretrain_rows(f"{REPO / 'configs' / 'mobilebert_distill.py'}:tiny", prepared,
-                             tmp_path / "run")
+    workdir = tmp_path / "run"
+    rows = pretrain_rows(f"{REPO / 'configs' / 'mobilebert_distill.py'}:tiny", prepared, workdir)
     first = np.mean([rows[s]["loss"] for s in range(1, 4)])
     last = np.mean([rows[s]["loss"] for s in range(28, 31)])
     print(f"mobilebert_distill.py:tiny loss, steps 1-3 {first:.4f}, steps 28-30 {last:.4f}")
     assert last < 0.8 * first, (first, last)
-    assert {"hidden_loss", "attention_loss"} <= set(losses[30])
+    assert {"hidden_loss", "attention_loss"} <= set(rows[30])
     model, _ = flaxbert.from_pretrained(workdir / "export" / "step_30", "masked-lm")
     assert type(model).__name__ == "MobileBertForMaskedLM"
     shutil.rmtree(workdir / "checkpoints")

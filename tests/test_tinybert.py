@@ -221,8 +221,7 @@ def prepared(tmp_path_factory):
 
 
 def test_cli_general_stage_of_the_tiny_recipe_trains(prepared, tmp_path):
-    rows = pretrain_rows(f"{REPO / 'configs' / 'tinybert.py'}:tiny", prepared,
-                             tmp_path / "run")
+    rows = pretrain_rows(f"{REPO / 'configs' / 'tinybert.py'}:tiny", prepared, tmp_path / "run")
     first = np.mean([rows[s]["loss"] for s in range(1, 4)])
     last = np.mean([rows[s]["loss"] for s in range(28, 31)])
     assert last < 0.8 * first, (first, last)
