@@ -44,11 +44,16 @@ def _registry():
 
 
 def test_every_flag_with_a_default_shows_it():
+    from flaxbert.training.compile import compile_parser
     parser = build_parser()
-    for name, sub in _commands(parser).choices.items():
-        if name in ("pretrain", "finetune"):
-            continue  # their flags are the config's fields: test_training_commands_list_...
-        text = " ".join(_argparse_help(name).split())
+    commands = {name: (sub, " ".join(_argparse_help(name).split()))
+                for name, sub in _commands(parser).choices.items()
+                # their flags are the config's fields: test_training_commands_list_...
+                if name not in ("pretrain", "finetune", "compile")}
+    # `compile` parses its own flags beside --config.FIELD=...: the help is its parser's.
+    commands["compile"] = (compile_parser(), " ".join(compile_parser().format_help().split()))
+    assert len(commands) > 10
+    for name, (sub, text) in commands.items():
         for action in sub._actions:
             default = action.default
             if (not action.option_strings or default in (None, False, "")
