@@ -30,6 +30,7 @@ import contextlib
 import functools
 import os
 import re
+import sys
 import shutil
 import socket
 import struct
@@ -44,6 +45,7 @@ _SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://")
 def _follow_emulator() -> None:
     """Point every GCS client at STORAGE_EMULATOR_HOST when it is set (values set explicitly
     win). Called before any of those clients is imported by this module."""
+    global _followed
     host = os.environ.get("STORAGE_EMULATOR_HOST")
     if not host:
         return
@@ -54,6 +56,31 @@ def _follow_emulator() -> None:
     os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")  # TensorStore's auth
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     os.environ.setdefault("NO_GCE_CHECK", "true")  # no wait for a metadata server that is not there
+    if host != _followed:
+        # A gcsfs instance keeps the endpoint it was made with, and fsspec and epath keep
+        # their instances: one made before the emulator was set (TFDS looks up gs://tfds-data
+        # through epath) would still send this process's requests to storage.googleapis.com.
+        if "gcsfs" in sys.modules:
+            # Imported before GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT was false, gcsfs registered its
+            # extended class, whose bucket-layout probe (gRPC) an emulator never answers.
+            import fsspec
+            import gcsfs.core
+            for protocol in ("gs", "gcs"):
+                fsspec.register_implementation(protocol, gcsfs.core.GCSFileSystem, clobber=True)
+            sys.modules["gcsfs"].GCSFileSystem.clear_instance_cache()
+            gcsfs.core.GCSFileSystem.clear_instance_cache()
+        gpath = sys.modules.get("etils.epath.gpath")
+        if gpath is not None and hasattr(gpath, "_is_tf_installed"):
+            # epath caches its first answer to "use TensorFlow for gs://?", given before
+            # EPATH_USE_TF was false; TensorFlow's GCS filesystem cannot reach an emulator.
+            gpath._is_tf_installed.cache_clear()
+        backend = sys.modules.get("etils.epath.backend")
+        if backend is not None and hasattr(type(backend.fsspec_backend), "_get_filesystem"):
+            type(backend.fsspec_backend)._get_filesystem.cache_clear()
+        _followed = host
+
+
+_followed: str | None = None  # the emulator endpoint the clients were last pointed at
 
 
 def is_remote(path) -> bool:
