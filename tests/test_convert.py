@@ -43,6 +43,15 @@ def test_fine_tuning_head_is_initialised_from_a_pretraining_checkpoint(saved_hf,
     np.testing.assert_array_equal(
         np.asarray(params["backbone"]["embeddings"]["word_embeddings"]["embedding"]),
         reference["bert.embeddings.word_embeddings.weight"])
+    # The fresh head comes from `rng` (the fine-tune Trainer passes train.seed); the body does not.
+    _, same = flaxbert.from_pretrained(path, task="sequence-classification", num_labels=5)
+    _, other = flaxbert.from_pretrained(path, task="sequence-classification", num_labels=5, rng=1)
+    kernel = lambda p: np.asarray(p["classifier"]["dense"]["kernel"])  # noqa: E731
+    np.testing.assert_array_equal(kernel(same), kernel(params))
+    assert not np.allclose(kernel(other), kernel(params))
+    np.testing.assert_array_equal(
+        np.asarray(other["backbone"]["embeddings"]["word_embeddings"]["embedding"]),
+        reference["bert.embeddings.word_embeddings.weight"])
 
 
 def test_sharded_save_matches_transformers_layout(saved_hf, tmp_path):

@@ -249,3 +249,13 @@ def test_seeded_fine_tuning_is_reproducible_and_a_resume_is_bit_identical(checkp
     logged = [json.loads(ln) for ln in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
     reference = [json.loads(ln) for ln in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in logged if "loss" in r] == [r["loss"] for r in reference if "loss" in r]
+    # Without dropout, train.seed is what makes two runs differ: it seeds the fresh head.
+    heads = {}
+    for seed in (0, 1):
+        finetune(_config(checkpoint, tmp_path, **{**fields, "train.num_steps": 1,
+                                                  "optimizer.warmup_steps": 0,
+                                                  "model_overrides.hidden_dropout_prob": 0.0,
+                                                  "train.seed": seed}), tmp_path / f"seed{seed}")
+        heads[seed] = np.asarray(restore_params(tmp_path / f"seed{seed}")[2]["classifier"]
+                                 ["dense"]["kernel"])
+    assert heads[0].shape == heads[1].shape and not np.allclose(heads[0], heads[1])

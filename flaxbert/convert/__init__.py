@@ -14,7 +14,7 @@ from flaxbert.hub import resolve
 
 def from_pretrained(path: str | os.PathLike, task: str | None = None, *,
                     allow_nonfinite: bool = False, revision: str | None = None,
-                    **config_overrides):
+                    rng: int = 0, **config_overrides):
     """(model, params) from a checkpoint directory or a Hugging Face Hub id ("org/name").
 
     A hub id is fetched into the HF cache (at `revision`, default main), or with HF_HUB_OFFLINE=1
@@ -24,7 +24,8 @@ def from_pretrained(path: str | os.PathLike, task: str | None = None, *,
     (flaxbert.json + Orbax params). `task` picks the head ("masked-lm", "sequence-classification",
     ...; see flaxbert.TASKS); by default it follows config.json's `architectures` (a
     sentence-transformers layout gives "embedding"). Heads the checkpoint lacks are initialised
-    fresh, with a warning, when `task` differs from the saved one. `config_overrides` replace config
+    fresh (from the seed `rng`), with a warning, when `task` differs from the saved one.
+    `config_overrides` replace config
     fields, e.g. num_labels=3, dtype="bfloat16", attention_impl="cudnn", scan_layers=True.
 
     Every parameter tensor must be floating point and finite; a tensor holding NaN/inf is refused
@@ -33,8 +34,9 @@ def from_pretrained(path: str | os.PathLike, task: str | None = None, *,
     """
     path = resolve(path, revision=revision)
     if is_native(path):
-        return load_native(path, task, allow_nonfinite=allow_nonfinite, **config_overrides)
-    return load_hf(path, task, allow_nonfinite=allow_nonfinite, **config_overrides)
+        return load_native(path, task, allow_nonfinite=allow_nonfinite, rng=rng,
+                           **config_overrides)
+    return load_hf(path, task, allow_nonfinite=allow_nonfinite, rng=rng, **config_overrides)
 
 
 LABEL_TASKS = ("sequence-classification", "token-classification")  # heads sized by num_labels

@@ -53,7 +53,8 @@ def _saved_model(meta_file: Path) -> nn.Module:
 
 
 def load_native(path: str | os.PathLike, task: str | None = None, *,
-                allow_nonfinite: bool = False, **config_overrides):
+                allow_nonfinite: bool = False, rng: int | jax.Array = 0,
+                **config_overrides):
     """(model, params) from a flaxbert directory. See `flaxbert.from_pretrained`."""
     directory = Path(path).absolute()
     saved = _saved_model(directory / META)
@@ -68,5 +69,5 @@ def load_native(path: str | os.PathLike, task: str | None = None, *,
     model = registry.family_of(saved.config).model(task or saved.task,
                                                    saved.config.replace(**config_overrides))
     tensors = InMemoryTensors(hf_state_dict(saved, params, allow_nonfinite=True))
-    return model, params_from_tensors(model, tensors, saved.task, str(directory),
+    return model, params_from_tensors(model, tensors, saved.task, str(directory), rng,
                                       allow_nonfinite=True)

@@ -311,7 +311,9 @@ class TaskData:
         if self.long_inputs == "chunks":
             return self._chunk_model(overrides)
         if Path(self.config.model).is_dir():
-            model, params = flaxbert.from_pretrained(self.config.model, task=task, **overrides)
+            # train.seed seeds a fresh head, as transformers' set_seed before from_pretrained
+            model, params = flaxbert.from_pretrained(self.config.model, task=task,
+                                                     rng=self.config.train.seed, **overrides)
             return model.config, params
         return registry.get_config(self.config.model, **overrides), None
 
